@@ -1,0 +1,1 @@
+"""Where task-hub state lives: the backend interface and its implementations."""

@@ -1,0 +1,260 @@
+"""The durable client: start, query, signal and manage orchestration instances.
+
+Method names and arguments follow ``azure.durable_functions``'
+``DurableOrchestrationClient``; this client talks to the backend directly
+instead of through the extension's HTTP API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .backends.base import Backend, InstanceQuery
+from .clock import Clock
+from .core import history as h
+from .core.errors import InstanceNotFoundError, InvalidInstanceIdError
+from .core.runtime import InstanceRecord, Message, start_message
+from .core.serialization import from_json, to_json
+from .core.status import OrchestrationRuntimeStatus as Status
+
+MAX_INSTANCE_ID_LENGTH = 256
+_FORBIDDEN = set("/\\#?")
+
+
+def validate_instance_id(instance_id: Any) -> str:
+    """Return ``instance_id`` if storage can key it, else raise a message saying why."""
+    if not isinstance(instance_id, str) or not instance_id:
+        raise InvalidInstanceIdError("instance id must be a non-empty string")
+    if len(instance_id) > MAX_INSTANCE_ID_LENGTH:
+        raise InvalidInstanceIdError(
+            f"instance id is {len(instance_id)} characters; the limit is {MAX_INSTANCE_ID_LENGTH}"
+        )
+    for ch in instance_id:
+        if ch in _FORBIDDEN or ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F:
+            raise InvalidInstanceIdError(
+                f"instance id {instance_id!r} contains {ch!r}; ids may not contain / \\ # ? "
+                "or control characters"
+            )
+    return instance_id
+
+
+@dataclass
+class DurableOrchestrationStatus:
+    """Status of one instance, with the official SDK's attribute names."""
+
+    name: str
+    instance_id: str
+    created_time: datetime
+    last_updated_time: datetime
+    runtime_status: Status
+    input_: Any = None
+    output: Any = None
+    custom_status: Any = None
+    history: list[dict[str, Any]] | None = None
+    failure: dict[str, Any] | None = None
+
+    @classmethod
+    def from_record(
+        cls, record: InstanceRecord, show_input: bool = True, history: list[dict[str, Any]] | None = None
+    ) -> DurableOrchestrationStatus:
+        """Build the status view of an instance row (payloads decoded from JSON)."""
+        return cls(
+            name=record.name,
+            instance_id=record.instance_id,
+            created_time=record.created_at,
+            last_updated_time=record.last_updated_at,
+            runtime_status=record.status,
+            input_=from_json(record.input) if show_input else None,
+            output=from_json(record.output),
+            custom_status=from_json(record.custom_status),
+            history=history,
+            failure=record.failure,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The Durable Functions HTTP API's status payload."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "instanceId": self.instance_id,
+            "runtimeStatus": self.runtime_status.value,
+            "input": self.input_,
+            "customStatus": self.custom_status,
+            "output": self.output,
+            "createdTime": h.format_timestamp(self.created_time)[:19] + "Z",
+            "lastUpdatedTime": h.format_timestamp(self.last_updated_time)[:19] + "Z",
+        }
+        if self.history is not None:
+            out["historyEvents"] = self.history
+        return out
+
+
+@dataclass
+class PurgeHistoryResult:
+    """How many instances a purge deleted."""
+
+    instances_deleted: int
+
+
+class DurableOrchestrationClient:
+    """Starts and manages orchestration instances in one task hub."""
+
+    def __init__(self, backend: Backend, clock: Clock | None = None) -> None:
+        self._backend = backend
+        self._clock = clock or getattr(backend, "clock", None) or Clock()
+
+    async def start_new(
+        self,
+        orchestration_function_name: str,
+        instance_id: str | None = None,
+        client_input: Any = None,
+        version: str | None = None,
+    ) -> str:
+        """Start an instance of an orchestrator; returns its id (a new UUID by default).
+
+        An id that names a finished instance starts it afresh; one that names a
+        Pending, Running or Suspended instance raises InstanceAlreadyExistsError.
+        """
+        if not orchestration_function_name or not isinstance(orchestration_function_name, str):
+            raise ValueError("orchestration_function_name must be a non-empty string")
+        instance_id = validate_instance_id(instance_id) if instance_id else uuid.uuid4().hex
+        payload = to_json(client_input, f"input of orchestrator '{orchestration_function_name}'")
+        now = self._clock.now()
+        start = start_message(instance_id, orchestration_function_name, payload, now)
+        record = InstanceRecord(
+            instance_id,
+            orchestration_function_name,
+            start.execution_id or "",
+            Status.Pending,
+            now,
+            now,
+            input=payload,
+        )
+        await self._backend.create_instance(record, start)
+        return instance_id
+
+    async def get_status(
+        self,
+        instance_id: str,
+        show_history: bool = False,
+        show_history_output: bool = False,
+        show_input: bool = False,
+    ) -> DurableOrchestrationStatus | None:
+        """The instance's status, or ``None`` when there is no such instance."""
+        record = await self._backend.get_instance(instance_id)
+        if record is None:
+            return None
+        events = None
+        if show_history:
+            events = await self._backend.get_history(instance_id)
+            if not show_history_output:
+                events = [_without_payloads(e) for e in events]
+        return DurableOrchestrationStatus.from_record(record, show_input, events)
+
+    async def get_status_all(self) -> list[DurableOrchestrationStatus]:
+        """The status of every instance in the task hub."""
+        return await self.get_status_by()
+
+    async def get_status_by(
+        self,
+        created_time_from: datetime | None = None,
+        created_time_to: datetime | None = None,
+        runtime_status: Iterable[Status] | None = None,
+        instance_id_prefix: str | None = None,
+    ) -> list[DurableOrchestrationStatus]:
+        """Every instance matching all the given conditions."""
+        query = InstanceQuery(
+            created_time_from,
+            created_time_to,
+            frozenset(runtime_status) if runtime_status else None,
+            instance_id_prefix,
+            page_size=1000,
+        )
+        out: list[DurableOrchestrationStatus] = []
+        while True:
+            page = await self._backend.query_instances(query)
+            out.extend(DurableOrchestrationStatus.from_record(r) for r in page.records)
+            if not page.continuation:
+                return out
+            query.continuation = page.continuation
+
+    async def raise_event(self, instance_id: str, event_name: str, event_data: Any = None) -> None:
+        """Deliver an external event; events nobody waits for yet are buffered."""
+        if not event_name or not isinstance(event_name, str):
+            raise ValueError("event_name must be a non-empty string")
+        record = await self._require(instance_id)
+        payload = to_json(event_data, f"data of event '{event_name}'")
+        event = h.event_raised(h.format_timestamp(self._clock.now()), event_name, payload)
+        await self._send(record, event, any_execution=True)
+
+    async def terminate(self, instance_id: str, reason: str | None = None) -> None:
+        """Stop a running instance; its output becomes ``reason``."""
+        record = await self._require(instance_id)
+        event = h.execution_terminated(h.format_timestamp(self._clock.now()), to_json(reason))
+        await self._send(record, event)
+
+    async def suspend(self, instance_id: str, reason: str | None = None) -> None:
+        """Pause an instance: events still arrive but wait until it is resumed."""
+        record = await self._require(instance_id)
+        await self._send(record, h.execution_suspended(h.format_timestamp(self._clock.now()), reason))
+
+    async def resume(self, instance_id: str, reason: str | None = None) -> None:
+        """Resume a suspended instance."""
+        record = await self._require(instance_id)
+        await self._send(record, h.execution_resumed(h.format_timestamp(self._clock.now()), reason))
+
+    async def restart(self, instance_id: str, restart_with_new_instance_id: bool = True) -> str:
+        """Start the instance's orchestrator again with its original input."""
+        record = await self._require(instance_id)
+        new_id = None if restart_with_new_instance_id else instance_id
+        return await self.start_new(record.name, new_id, from_json(record.input))
+
+    async def purge_instance_history(self, instance_id: str) -> PurgeHistoryResult:
+        """Delete an instance and its history."""
+        return PurgeHistoryResult(await self._backend.purge_instance(instance_id))
+
+    async def purge_instance_history_by(
+        self,
+        created_time_from: datetime | None = None,
+        created_time_to: datetime | None = None,
+        runtime_status: Iterable[Status] | None = None,
+    ) -> PurgeHistoryResult:
+        """Delete every instance matching the conditions."""
+        query = InstanceQuery(
+            created_time_from, created_time_to, frozenset(runtime_status) if runtime_status else None
+        )
+        return PurgeHistoryResult(await self._backend.purge_instances(query))
+
+    async def wait_for_completion(
+        self, instance_id: str, timeout: float = 30.0, poll_interval: float = 0.05
+    ) -> DurableOrchestrationStatus:
+        """Poll until the instance is Completed, Failed or Terminated (TimeoutError after)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            status = await self.get_status(instance_id)
+            if status is not None and status.runtime_status.is_terminal:
+                return status
+            if loop.time() >= deadline:
+                state = status.runtime_status.value if status else "missing"
+                raise TimeoutError(f"instance '{instance_id}' still {state} after {timeout}s")
+            await asyncio.sleep(poll_interval)
+
+    async def _require(self, instance_id: str) -> InstanceRecord:
+        validate_instance_id(instance_id)
+        record = await self._backend.get_instance(instance_id)
+        if record is None:
+            raise InstanceNotFoundError(f"no instance with id '{instance_id}'")
+        return record
+
+    async def _send(self, record: InstanceRecord, event: dict[str, Any], any_execution: bool = False) -> None:
+        execution = None if any_execution else record.execution_id
+        await self._backend.send_messages([Message(record.instance_id, event, execution)])
+
+
+def _without_payloads(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in event.items() if k not in ("Input", "Result")}

@@ -1,0 +1,1 @@
+"""Pure orchestration logic: history, replay, tasks, serialization. No I/O here."""

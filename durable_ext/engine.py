@@ -1,0 +1,245 @@
+"""The engine: load an instance, replay it, commit the step; run activities.
+
+``Engine`` is what a queue-triggered handler calls, whatever the backend:
+``process_instance`` for a control-queue wake-up, ``run_activity`` for a
+work item. It keeps the replayed state of busy orchestrations in a bounded
+LRU cache so a step on a cached instance loads and applies only new events.
+``LocalWorker`` drives an engine over the in-memory backend's work queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from .backends.base import Backend, LoadedInstance
+from .backends.memory import MemoryBackend
+from .clock import Clock
+from .core import history as h
+from .core.errors import ConflictError
+from .core.executor import OrchestrationExecutor, exception_failure
+from .core.registry import Registry
+from .core.runtime import ActivityRequest, Message, StepResult, run_step
+from .core.serialization import convert, from_json, to_json
+
+log = logging.getLogger("durable_ext")
+
+
+@dataclass
+class _Cached:
+    executor: OrchestrationExecutor
+    execution_id: str
+    history_len: int
+
+
+class Engine:
+    """Runs orchestration steps and activities of one app against one backend."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        backend: Backend,
+        *,
+        clock: Clock | None = None,
+        cache_size: int = 1024,
+        max_conflict_retries: int = 20,
+    ) -> None:
+        self.registry = registry
+        self.backend = backend
+        self.clock = clock or getattr(backend, "clock", None) or Clock()
+        self.cache_size = cache_size
+        self.max_conflict_retries = max_conflict_retries
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self.stats = {"steps": 0, "replays": 0, "cache_hits": 0, "conflicts": 0, "activities": 0}
+
+    # ------------------------------------------------------------ orchestrations
+
+    async def process_instance(self, instance_id: str) -> StepResult | None:
+        """Apply the instance's pending inbox in one committed step (retrying conflicts)."""
+        for _ in range(self.max_conflict_retries):
+            cached = self._cache.get(instance_id)
+            loaded = await self.backend.load(instance_id, cached.history_len if cached else 0)
+            if loaded is None:
+                self._cache.pop(instance_id, None)
+                return None
+            if not loaded.inbox:
+                return None
+            if cached is not None and not self._fits(cached, loaded):
+                self._cache.pop(instance_id, None)
+                continue  # stale cache (reset or foreign writes we cannot see): reload all
+            executor = self._reuse(instance_id, cached, loaded)
+            step = run_step(
+                self.registry,
+                loaded.record,
+                [] if executor is not None else loaded.history,
+                loaded.inbox,
+                self.clock.now(),
+                executor,
+            )
+            try:
+                await self.backend.commit(loaded, step)
+            except ConflictError:
+                self.stats["conflicts"] += 1
+                self._cache.pop(instance_id, None)
+                continue
+            except BaseException:
+                self._cache.pop(instance_id, None)
+                raise
+            self.stats["steps"] += 1
+            self._remember(instance_id, loaded, step)
+            return step
+        raise ConflictError(f"instance '{instance_id}' kept changing; gave up after retries")
+
+    @staticmethod
+    def _fits(cached: _Cached, loaded: LoadedInstance) -> bool:
+        """Whether the cached replay state is a prefix of what was loaded."""
+        return (
+            cached.execution_id == loaded.record.execution_id
+            and loaded.history_from == cached.history_len
+            and loaded.history_len >= cached.history_len
+        )
+
+    def _reuse(
+        self, instance_id: str, cached: _Cached | None, loaded: LoadedInstance
+    ) -> OrchestrationExecutor | None:
+        """The cached executor brought up to the stored history, or None to replay."""
+        if cached is None:
+            self.stats["replays"] += 1
+            return None
+        self._cache.move_to_end(instance_id)
+        if loaded.history:  # another worker committed steps: apply just those
+            cached.executor.process(loaded.history, replaying=True)
+        self.stats["cache_hits"] += 1
+        return cached.executor
+
+    def _remember(self, instance_id: str, loaded: LoadedInstance, step: StepResult) -> None:
+        executor = step.executor
+        if executor is None or executor.is_done:
+            self._cache.pop(instance_id, None)
+            return
+        base = 0 if step.reset_history else loaded.history_len
+        self._cache[instance_id] = _Cached(executor, step.record.execution_id, base + len(step.new_events))
+        self._cache.move_to_end(instance_id)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def evict(self, instance_id: str | None = None) -> None:
+        """Drop cached replay state (of one instance, or all)."""
+        if instance_id is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(instance_id, None)
+
+    # ---------------------------------------------------------------- activities
+
+    async def run_activity(self, request: ActivityRequest) -> Message:
+        """Run one activity and return the completion message for its orchestration."""
+        stamp = h.format_timestamp(self.clock.now())
+        try:
+            info = self.registry.get("activity", request.name)
+            value = from_json(request.input, None, f"input of activity '{request.name}'")
+            value = convert(value, info.input_type, f"input of activity '{request.name}'")
+            if info.is_async:
+                result = await _call(info.fn, info.input_name, value)
+            else:
+                result = await asyncio.to_thread(_call_sync, info.fn, info.input_name, value)
+            payload = to_json(result, f"result of activity '{request.name}'")
+            event = h.task_completed(stamp, request.task_id, payload)
+        except Exception as exc:
+            log.info("activity %s of %s failed: %s", request.name, request.instance_id, exc)
+            event = h.task_failed(stamp, request.task_id, exception_failure(exc))
+        self.stats["activities"] += 1
+        return Message(request.instance_id, event, request.execution_id)
+
+
+async def _call(fn, input_name, value):  # type: ignore[no-untyped-def]
+    if input_name:
+        return await fn(**{input_name: value})
+    return await fn(value)
+
+
+def _call_sync(fn, input_name, value):  # type: ignore[no-untyped-def]
+    if input_name:
+        return fn(**{input_name: value})
+    return fn(value)
+
+
+class LocalWorker:
+    """Drives an engine over a MemoryBackend: orchestration steps, activities, timers."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_concurrent_activities: int = 16,
+        max_concurrent_orchestrations: int = 4,
+    ) -> None:
+        if not isinstance(engine.backend, MemoryBackend):
+            raise TypeError("LocalWorker runs on a MemoryBackend")
+        self.engine = engine
+        self.backend: MemoryBackend = engine.backend
+        self.max_concurrent_activities = max_concurrent_activities
+        self.max_concurrent_orchestrations = max_concurrent_orchestrations
+        self._tasks: list[asyncio.Task[None]] = []
+        self.errors: list[BaseException] = []
+
+    async def start(self) -> None:
+        """Start the worker loops on the running event loop."""
+        loops = [self._orchestration_loop() for _ in range(self.max_concurrent_orchestrations)]
+        loops += [self._activity_loop() for _ in range(self.max_concurrent_activities)]
+        if not self.engine.clock.virtual:
+            loops.append(self._timer_loop())
+        self._tasks = [asyncio.ensure_future(c) for c in loops]
+
+    async def stop(self) -> None:
+        """Cancel the loops and wait for them."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def __aenter__(self) -> LocalWorker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _orchestration_loop(self) -> None:
+        backend = self.backend
+        while True:
+            iid = backend.take_instance()
+            if iid is None:
+                await backend.wait_for_work()
+                continue
+            try:
+                await self.engine.process_instance(iid)
+            except Exception as exc:  # keep the worker alive; report through .errors
+                log.exception("step of %s failed", iid)
+                self.errors.append(exc)
+            finally:
+                backend.release_instance(iid)
+
+    async def _activity_loop(self) -> None:
+        backend = self.backend
+        while True:
+            request = backend.take_activity()
+            if request is None:
+                await backend.wait_for_work()
+                continue
+            try:
+                message = await self.engine.run_activity(request)
+                await backend.complete_activity(request, message)
+            finally:
+                backend.activity_done()
+
+    async def _timer_loop(self) -> None:
+        backend = self.backend
+        clock = self.engine.clock
+        while True:
+            backend.release_due_timers()
+            due = backend.next_timer_due()
+            timeout = None if due is None else max(0.0, (due - clock.now()).total_seconds())
+            await backend.wait_for_work(timeout)
