@@ -11,7 +11,7 @@ import asyncio
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from .backends.base import Backend, InstanceQuery
@@ -168,8 +168,8 @@ class DurableOrchestrationClient:
     ) -> list[DurableOrchestrationStatus]:
         """Every instance matching all the given conditions."""
         query = InstanceQuery(
-            created_time_from,
-            created_time_to,
+            _as_utc(created_time_from),
+            _as_utc(created_time_to),
             frozenset(runtime_status) if runtime_status else None,
             instance_id_prefix,
             page_size=1000,
@@ -225,7 +225,9 @@ class DurableOrchestrationClient:
     ) -> PurgeHistoryResult:
         """Delete every instance matching the conditions."""
         query = InstanceQuery(
-            created_time_from, created_time_to, frozenset(runtime_status) if runtime_status else None
+            _as_utc(created_time_from),
+            _as_utc(created_time_to),
+            frozenset(runtime_status) if runtime_status else None,
         )
         return PurgeHistoryResult(await self._backend.purge_instances(query))
 
@@ -254,6 +256,13 @@ class DurableOrchestrationClient:
     async def _send(self, record: InstanceRecord, event: dict[str, Any], any_execution: bool = False) -> None:
         execution = None if any_execution else record.execution_id
         await self._backend.send_messages([Message(record.instance_id, event, execution)])
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    """Naive datetimes mean UTC, as the official SDK sends them (``datetime.min`` included)."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
 
 
 def _without_payloads(event: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from .backends.base import Backend, LoadedInstance
 from .backends.memory import MemoryBackend
 from .clock import Clock
 from .core import history as h
-from .core.errors import ConflictError
+from .core.errors import ConflictError, NonDeterministicOrchestrationError
 from .core.executor import OrchestrationExecutor, exception_failure
 from .core.registry import Registry
 from .core.runtime import ActivityRequest, Message, StepResult, run_step
@@ -70,6 +70,8 @@ class Engine:
                 self._cache.pop(instance_id, None)
                 continue  # stale cache (reset or foreign writes we cannot see): reload all
             executor = self._reuse(instance_id, cached, loaded)
+            if executor is None and loaded.history_from != 0:
+                continue  # the cached state could not take the new rows: replay in full
             step = run_step(
                 self.registry,
                 loaded.record,
@@ -110,7 +112,11 @@ class Engine:
             return None
         self._cache.move_to_end(instance_id)
         if loaded.history:  # another worker committed steps: apply just those
-            cached.executor.process(loaded.history, replaying=True)
+            try:
+                cached.executor.process(loaded.history, replaying=True)
+            except NonDeterministicOrchestrationError:
+                self._cache.pop(instance_id, None)  # let a full replay fail the instance
+                return None
         self.stats["cache_hits"] += 1
         return cached.executor
 

@@ -67,7 +67,9 @@ class DurableTestEnv:
     def mock_activity(self, name: str, fn: Callable[..., Any]) -> None:
         """Replace activity ``name`` with ``fn`` (sync or async, same single input)."""
         original = self.registry.get("activity", name)
-        self.registry.add("activity", fn, original.name, None, original.input_type)
+        info = self.registry.add("activity", fn, original.name, None, original.input_type)
+        if info.return_type is None:  # an unannotated mock keeps the typed result
+            info.return_type = original.return_type
 
     def now(self) -> datetime:
         """The environment's (virtual) current time."""
@@ -171,6 +173,7 @@ class ReplayResult:
     custom_status: Any = None
     failure: dict[str, Any] | None = None
     continued_as_new: bool = False
+    continue_as_new_input: Any = None
 
 
 def replay(
@@ -178,11 +181,15 @@ def replay(
     history: Iterable[Event] | str | bytes,
     instance_id: str | None = None,
     input: Any = None,
+    *,
+    app: Any = None,
 ) -> ReplayResult:
     """Replay ``history`` (event dicts, or their JSON text) through ``orchestrator``.
 
     Raises NonDeterministicOrchestrationError when the code asks for something
     other than what history recorded. ``input`` overrides the recorded input.
+    ``app`` (a DurableApp or Registry) supplies the declared payload types, so
+    code that relies on typed activity results replays as it ran.
     """
     events = orjson.loads(history) if isinstance(history, (str, bytes)) else list(history)
     if input is not None:
@@ -192,8 +199,18 @@ def replay(
         instance = (started or {}).get("OrchestrationInstance") or {}
         instance_id = instance.get("InstanceId") or "replay"
     fn = getattr(orchestrator, "orchestrator_function", orchestrator)
-    executor = OrchestrationExecutor(fn, instance_id)
-    executor.process(events, replaying=True)
+    input_type = type_resolver = None
+    if app is not None:
+        registry: Registry = app if isinstance(app, Registry) else app.registry
+        type_resolver = registry.result_type
+        own = [i for i in registry if i.kind == "orchestrator" and i.fn is fn]
+        input_type = own[0].input_type if own else None
+    executor = OrchestrationExecutor(fn, instance_id, input_type=input_type, type_resolver=type_resolver)
+    # events flagged IsPlayed replay as old; without flags the whole history is old
+    played = sum(1 for e in events if e.get("IsPlayed"))
+    split = len(events) if played == 0 else played
+    executor.process(events[:split], replaying=True)
+    executor.process(events[split:], replaying=False)
     executor.is_replaying = False
     return ReplayResult(
         is_done=executor.is_done,
@@ -202,6 +219,7 @@ def replay(
         custom_status=from_json(executor.custom_status_json),
         failure=executor.failure,
         continued_as_new=executor.continue_as_new_requested,
+        continue_as_new_input=executor.continue_as_new_input,
     )
 
 

@@ -48,6 +48,12 @@ def exception_failure(exc: BaseException) -> dict[str, Any]:
     """FailureDetails for an exception: its type name, message and formatted trace."""
     error_type = type(exc).__name__
     stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if isinstance(exc, TaskFailedError):  # keep the trace of where the task really failed
+        if exc.stack_trace:
+            stack += f"\nCaused by the failure of '{exc.task_name}':\n{exc.stack_trace}"
+        details = failure_details(error_type, str(exc), stack)
+        details["InnerFailure"] = exc.failure
+        return details
     return failure_details(error_type, str(exc), stack)
 
 
@@ -231,6 +237,12 @@ class OrchestrationExecutor:
         event_id = event.get("EventId", -1)
         action = self.pending_actions.pop(event_id, None)
         if action is None:
+            if self.failure is not None and not self.terminated:
+                raise NonDeterministicOrchestrationError(
+                    f"history has {describe(event)} but orchestrator '{self.name}' raised "
+                    f"{self.failure['ErrorType']}: {self.failure['ErrorMessage']} before reaching it "
+                    "during replay"
+                )
             raise NonDeterministicOrchestrationError(
                 f"history has {describe(event)} but orchestrator '{self.name}' did not ask for it "
                 f"(the code now has {self.next_id} steps at this point: was a step removed, "

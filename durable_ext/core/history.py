@@ -64,11 +64,16 @@ def parse_timestamp(text: str) -> datetime:
         offset = ""
         if len(text) > 6 and text[-6] in "+-" and text[-3] == ":":
             text, offset = text[:-6], text[-6:]
+        elif len(text) > 5 and text[-5] in "+-" and text[-4:].isdigit() and ":" in text:
+            text, offset = text[:-5], f"{text[-5:-2]}:{text[-2:]}"  # basic form +HHMM
     dot = text.find(".")
     if dot != -1:
-        frac = text[dot + 1 :]
+        end = dot + 1
+        while end < len(text) and text[end].isdigit():
+            end += 1
+        frac = text[dot + 1 : end]
         if len(frac) != 6:
-            text = text[: dot + 1] + (frac + "000000")[:6]
+            text = text[: dot + 1] + (frac + "000000")[:6] + text[end:]
     value = datetime.fromisoformat(text + offset) if offset else datetime.fromisoformat(text)
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
@@ -112,7 +117,7 @@ def execution_started(
         timestamp,
         Name=name,
         Input=input_json,
-        Version=version,
+        Version=version if version is not None else "",
         OrchestrationInstance={"InstanceId": instance_id, "ExecutionId": execution_id},
         ParentInstance=parent,
         ScheduledStartTime=scheduled_start,
@@ -176,10 +181,9 @@ def failure_details(error_type: str, message: str, stack: str | None) -> dict[st
     return {"ErrorType": error_type, "ErrorMessage": message, "StackTrace": stack}
 
 
-def task_failed(timestamp: str, task_id: int, failure: dict[str, Any]) -> Event:
-    """An activity's failure: ``Reason`` is the message, ``Details`` the trace."""
+def _failed(event_type: EventType, timestamp: str, task_id: int, failure: dict[str, Any]) -> Event:
     return _event(
-        EventType.TaskFailed,
+        event_type,
         -1,
         timestamp,
         TaskScheduledId=task_id,
@@ -187,6 +191,11 @@ def task_failed(timestamp: str, task_id: int, failure: dict[str, Any]) -> Event:
         Details=failure.get("StackTrace"),
         FailureDetails=failure,
     )
+
+
+def task_failed(timestamp: str, task_id: int, failure: dict[str, Any]) -> Event:
+    """An activity's failure: ``Reason`` is the message, ``Details`` the trace."""
+    return _failed(EventType.TaskFailed, timestamp, task_id, failure)
 
 
 def sub_orchestration_created(
@@ -216,15 +225,7 @@ def sub_orchestration_completed(timestamp: str, task_id: int, result_json: str |
 
 def sub_orchestration_failed(timestamp: str, task_id: int, failure: dict[str, Any]) -> Event:
     """A sub-orchestration's failure, delivered to its parent."""
-    return _event(
-        EventType.SubOrchestrationInstanceFailed,
-        -1,
-        timestamp,
-        TaskScheduledId=task_id,
-        Reason=failure.get("ErrorMessage"),
-        Details=failure.get("StackTrace"),
-        FailureDetails=failure,
-    )
+    return _failed(EventType.SubOrchestrationInstanceFailed, timestamp, task_id, failure)
 
 
 def timer_created(timestamp: str, event_id: int, fire_at: str) -> Event:

@@ -207,10 +207,11 @@ class RetryableTask(Task):
         if self.attempts >= options.max_number_of_attempts:
             self._fail(child._exception)  # type: ignore[arg-type]
             return
-        fire_at = self._now() + options.delay_after(self.attempts)
+        now = self._now()
         timeout = options.retry_timeout_in_milliseconds
-        if timeout is not None and (fire_at - self._started).total_seconds() * 1000 > timeout:
+        # as the Durable Task Framework: retry while now < first attempt + timeout
+        if timeout is not None and (now - self._started).total_seconds() * 1000 >= timeout:
             self._fail(child._exception)  # type: ignore[arg-type]
             return
-        timer = self._timer_fn(fire_at)
+        timer = self._timer_fn(now + options.delay_after(self.attempts))
         timer._listen(lambda _t: self._try())
