@@ -56,11 +56,20 @@ class Engine:
 
     # ------------------------------------------------------------ orchestrations
 
-    async def process_instance(self, instance_id: str) -> StepResult | None:
-        """Apply the instance's pending inbox in one committed step (retrying conflicts)."""
-        for _ in range(self.max_conflict_retries):
+    async def process_instance(
+        self, instance_id: str, messages: list[Message] | None = None, *, hot: bool = False
+    ) -> StepResult | None:
+        """Apply the instance's pending inbox (and ``messages``) in one committed step.
+
+        ``hot``: only in-process results arrived (see ``Backend.load``). A
+        conflict with another worker reloads and tries again.
+        """
+        for attempt in range(self.max_conflict_retries):
             cached = self._cache.get(instance_id)
-            loaded = await self.backend.load(instance_id, cached.history_len if cached else 0)
+            history_from = cached.history_len if cached else 0
+            loaded = await self.backend.load(
+                instance_id, history_from, messages, hot=hot and attempt == 0 and cached is not None
+            )
             if loaded is None:
                 self._cache.pop(instance_id, None)
                 return None

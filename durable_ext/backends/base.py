@@ -83,8 +83,20 @@ class Backend(ABC):
         """Put messages in their instances' inboxes and wake those instances."""
 
     @abstractmethod
-    async def load(self, instance_id: str, history_from: int = 0) -> LoadedInstance | None:
-        """Record, history after ``history_from`` and visible inbox of an instance."""
+    async def load(
+        self,
+        instance_id: str,
+        history_from: int = 0,
+        messages: list[Message] | None = None,
+        *,
+        hot: bool = False,
+    ) -> LoadedInstance | None:
+        """Record, history after ``history_from`` and inbox of an instance.
+
+        ``messages`` arrived with the wake-up itself (not stored); they join the
+        inbox. ``hot`` says only in-process results arrived, so a backend may
+        reuse what it committed last instead of reading.
+        """
 
     @abstractmethod
     async def commit(self, loaded: LoadedInstance, step: StepResult) -> None:

@@ -60,7 +60,14 @@ class MemoryBackend(Backend):
         for message in messages:
             self._deliver(message)
 
-    async def load(self, instance_id: str, history_from: int = 0) -> LoadedInstance | None:
+    async def load(
+        self,
+        instance_id: str,
+        history_from: int = 0,
+        messages: list[Message] | None = None,
+        *,
+        hot: bool = False,
+    ) -> LoadedInstance | None:
         record = self._records.get(instance_id)
         if record is None:
             return None
@@ -71,7 +78,7 @@ class MemoryBackend(Backend):
             history=history[start:],
             history_from=start,
             history_len=len(history),
-            inbox=list(self._inbox.get(instance_id, ())),
+            inbox=[*self._inbox.get(instance_id, ()), *(messages or ())],
             etag=self._versions.get(instance_id, 0),
         )
 

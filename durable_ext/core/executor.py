@@ -23,7 +23,7 @@ from .actions import RECORDED_AS, Action, ActionType
 from .errors import NonDeterministicOrchestrationError, SerializationError, TaskFailedError
 from .history import Event, EventType, describe, failure_details, format_timestamp, parse_timestamp
 from .serialization import from_json, to_json
-from .tasks import AtomicTask, Task
+from .tasks import AtomicTask, Task, TimerTask
 
 #: Resolves the declared result type of a called function: (kind, name) -> type or None.
 TypeResolver = Callable[[str, str], Any]
@@ -84,6 +84,7 @@ class OrchestrationExecutor:
         self.next_id = 0
         self.pending_actions: dict[int, Action] = {}
         self.open_tasks: dict[int, AtomicTask] = {}
+        self.activity_ids: set[int] = set()
         self.waiters: dict[str, deque[AtomicTask]] = {}
         self.buffered_events: dict[str, deque[tuple[int, str, str | None]]] = {}
         self._buffer_seq = 0
@@ -149,6 +150,14 @@ class OrchestrationExecutor:
             return key in self.open_tasks and key not in self.pending_actions
         return True
 
+    def open_timers(self) -> dict[int, datetime]:
+        """Timers created and not yet fired: id -> fire time (for repair sweeps)."""
+        return {i: t.fire_at for i, t in self.open_tasks.items() if isinstance(t, TimerTask)}
+
+    def open_activities(self) -> list[int]:
+        """Ids of activities scheduled and not yet answered."""
+        return [i for i in self.open_tasks if i in self.activity_ids]
+
     @property
     def actions(self) -> list[Action]:
         """Actions the code asked for that history does not record yet, in id order."""
@@ -170,6 +179,8 @@ class OrchestrationExecutor:
         self.pending_actions[action_id] = Action(action_type, action_id, **fields)
         if action_type != ActionType.SignalEntity and action_type != ActionType.SendEvent:
             self.open_tasks[action_id] = task
+            if action_type == ActionType.CallActivity:
+                self.activity_ids.add(action_id)
         else:
             task._complete(None)
         return task

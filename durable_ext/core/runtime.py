@@ -214,6 +214,14 @@ def run_step(
     return result
 
 
+def failure_step(record: InstanceRecord, history: list[Event], now: datetime, error: Exception) -> StepResult:
+    """A step that fails the instance without running its code (e.g. a poison message)."""
+    started = next((e for e in history if e["EventType"] == EventType.ExecutionStarted), None)
+    parent = started.get("ParentInstance") if started else None
+    result = StepResult(replace(record), [])
+    return _fail_outright(result, [], h.format_timestamp(now), now, error, parent)
+
+
 def _action_event(action: Action, stamp: str) -> Event:
     t = action.type
     if t == ActionType.CallActivity:

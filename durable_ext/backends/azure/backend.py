@@ -1,0 +1,758 @@
+"""The Azure Storage backend: Tables for state, Queues for dispatch, Blobs for big payloads.
+
+See ``docs/storage.md`` for the rows, the order of writes and why every crash
+point is safe. In short: a step commits one entity-group transaction in the
+instance's ``{Hub}History`` partition (sentinel guarded by its ETag, new
+history rows, consumed inbox rows deleted, an outbox row of what it sends),
+then dispatches the outbox and deletes it. A sweep repairs whatever a crash
+or a lost queue message left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+from azure.core import MatchConditions
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.data.tables import TableTransactionError, UpdateMode
+
+from ...clock import Clock
+from ...config import (
+    DurableTaskOptions,
+    control_queue,
+    history_table,
+    instances_table,
+    large_messages_container,
+    partition_of,
+    workitem_queue,
+)
+from ...core import history as h
+from ...core.errors import ConflictError, DurableError, InstanceAlreadyExistsError
+from ...core.history import Event, EventType
+from ...core.runtime import ActivityRequest, InstanceRecord, Message, StepResult, failure_step
+from ...core.status import OrchestrationRuntimeStatus as Status
+from ..base import Backend, InstanceQuery, LoadedInstance, QueryPage
+from . import rows as r
+from .connection import StorageConnection
+
+log = logging.getLogger("durable_ext.azure")
+
+#: Events whose duplicates history absorbs (same task id): sent inside the queue message.
+_INLINE = frozenset({EventType.TaskCompleted, EventType.TaskFailed, EventType.TimerFired})
+_MAX_VISIBILITY = timedelta(days=6, hours=23)  # queues allow 7 days
+_INBOX_PER_STEP = 40
+_LOCAL = "-l"  # outbox rows of activities this process runs itself: kept until answered
+_seq = itertools.count()
+
+
+class PoisonMessageError(DurableError):
+    """A message for the instance kept failing and was moved to a poison queue."""
+
+
+class FaultHook:
+    """Test hook: ``check(point)`` runs before and after each storage write of a step."""
+
+    def check(self, point: str) -> None:
+        """Raise (or kill the process) to simulate a crash at ``point``."""
+
+
+@dataclass
+class _Loaded:
+    """Backend-private part of a LoadedInstance."""
+
+    etag: str | None
+    sentinel: dict[str, Any]
+    inbox_keys: dict[str, str] = field(default_factory=dict)  # message id -> row key
+    drop_keys: list[str] = field(default_factory=list)  # duplicate inbox rows and stale history
+    overflow: bool = False  # more inbox rows than one step takes: wake again after commit
+    local_rows: dict[str, set[tuple[str | None, int]]] = field(default_factory=dict)
+
+
+@dataclass
+class _Known:
+    """What this process committed last for an instance: lets a hot step skip the load."""
+
+    etag: str | None
+    record: InstanceRecord
+    history_len: int
+    sentinel: dict[str, Any]
+    local_rows: dict[str, set[tuple[str | None, int]]]
+
+
+class LocalActivities:
+    """Lets the backend hand activities to this process instead of the work-item queue.
+
+    ``try_reserve`` takes a slot at commit time (before the outbox is
+    written); ``start`` runs the reserved activities after the commit;
+    ``release`` gives back a slot that was not used.
+    """
+
+    def try_reserve(self) -> bool:  # pragma: no cover - interface
+        """Take a slot if one is free."""
+        return False
+
+    def release(self) -> None:  # pragma: no cover - interface
+        """Give back a reserved slot."""
+
+    def start(self, requests: list[ActivityRequest]) -> None:  # pragma: no cover - interface
+        """Run reserved activities (each holds one slot until it finishes)."""
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _conflict(exc: Exception) -> bool:
+    code = getattr(exc, "error_code", None) or ""
+    text = str(exc)
+    needles = ("UpdateConditionNotSatisfied", "EntityAlreadyExists", "ResourceNotFound", "ConditionNotMet")
+    return any(n in str(code) or n in text for n in needles)
+
+
+class AzureBackend(Backend):
+    """A task hub in an Azure Storage account (or Azurite)."""
+
+    def __init__(
+        self,
+        connection: StorageConnection,
+        options: DurableTaskOptions,
+        *,
+        clock: Clock | None = None,
+        fault: FaultHook | None = None,
+        repair_after: timedelta = timedelta(seconds=30),
+    ) -> None:
+        self.connection = connection
+        self.options = options
+        self.hub = options.hub_name
+        self.clock = clock or Clock()
+        self.fault = fault or FaultHook()
+        self.repair_after = repair_after
+        tables = connection.table_service()
+        queues = connection.queue_service()
+        self.history = tables.get_table_client(history_table(self.hub))
+        self.instances = tables.get_table_client(instances_table(self.hub))
+        self.control_queues = [
+            queues.get_queue_client(control_queue(self.hub, i)) for i in range(options.partition_count)
+        ]
+        self.workitems = queues.get_queue_client(workitem_queue(self.hub))
+        self.blobs = connection.blob_service().get_container_client(large_messages_container(self.hub))
+        self.on_enqueue: Callable[[str], None] | None = None
+        self.local_activities: LocalActivities | None = None
+        self._known: dict[str, _Known] = {}
+
+    # ------------------------------------------------------------- task hub
+
+    async def create_task_hub(self) -> None:
+        """Create the tables, queues and blob container if they do not exist."""
+
+        async def ignore_exists(coro: Any) -> None:
+            with contextlib.suppress(ResourceExistsError):
+                await coro
+
+        await asyncio.gather(
+            ignore_exists(self.history.create_table()),
+            ignore_exists(self.instances.create_table()),
+            ignore_exists(self.workitems.create_queue()),
+            ignore_exists(self.blobs.create_container()),
+            *(ignore_exists(q.create_queue()) for q in self.control_queues),
+        )
+
+    async def delete_task_hub(self) -> None:
+        """Delete every table, queue and container of the hub (poison queues included)."""
+
+        async def ignore_missing(coro: Any) -> None:
+            with contextlib.suppress(ResourceNotFoundError):
+                await coro
+
+        queues = self.connection.queue_service()
+        names = [q.queue_name for q in [*self.control_queues, self.workitems]]
+        await asyncio.gather(
+            ignore_missing(self.history.delete_table()),
+            ignore_missing(self.instances.delete_table()),
+            ignore_missing(self.blobs.delete_container()),
+            *(ignore_missing(queues.delete_queue(n)) for n in names),
+            *(ignore_missing(queues.delete_queue(f"{n}-poison")) for n in names),
+        )
+
+    def control_queue_for(self, instance_id: str) -> Any:
+        """The control queue client of an instance's partition."""
+        return self.control_queues[partition_of(instance_id, len(self.control_queues))]
+
+    # ---------------------------------------------------------- large payloads
+
+    async def _put_blob(self, instance_id: str, data: bytes) -> str:
+        name = f"{instance_id}/{uuid.uuid4().hex}"
+        await self.blobs.upload_blob(name, data, overwrite=True)
+        return name
+
+    async def _get_blob(self, name: str) -> bytes:
+        stream = await self.blobs.download_blob(name)
+        return await stream.readall()
+
+    async def _text_props(self, instance_id: str, record: InstanceRecord) -> dict[str, Any]:
+        """Record properties with payloads too big for a property moved to blobs."""
+        props = r.record_to_props(record)
+        for key in ("Input", "Output", "CustomStatus"):
+            text = props.get(key)
+            if text is not None and len(text) > r.PROPERTY_TEXT_LIMIT:
+                props[key] = None
+                props[f"{key}Blob"] = await self._put_blob(instance_id, text.encode())
+        return props
+
+    async def _record(self, instance_id: str, row: dict[str, Any]) -> InstanceRecord:
+        record = r.record_from_props(instance_id, row)
+        for key, attr in (("Input", "input"), ("Output", "output"), ("CustomStatus", "custom_status")):
+            blob = row.get(f"{key}Blob")
+            if blob:
+                setattr(record, attr, (await self._get_blob(blob)).decode())
+        return record
+
+    # ---------------------------------------------------------------- sending
+
+    async def _enqueue(self, queue: Any, body: dict[str, Any], delay: timedelta | None = None) -> None:
+        data = orjson.dumps(body).decode()
+        seconds = None
+        if delay is not None and delay > timedelta(0):
+            seconds = int(min(delay, _MAX_VISIBILITY).total_seconds())
+        await queue.send_message(data, visibility_timeout=seconds)
+        if self.on_enqueue is not None and not seconds:
+            self.on_enqueue(queue.queue_name)
+
+    async def send_messages(self, messages: list[Message]) -> None:
+        await asyncio.gather(*(self._send(m) for m in messages))
+
+    async def _send(self, message: Message) -> None:
+        body = r.message_to_json(message)
+        queue = self.control_queue_for(message.instance_id)
+        delay = None
+        if message.visible_at is not None:
+            delay = message.visible_at - self.clock.now()
+        if message.event["EventType"] in _INLINE and len(orjson.dumps(body)) < r.QUEUE_INLINE_LIMIT:
+            await self._enqueue(queue, {"m": body}, delay)
+            return
+        await self._write_inbox(message)
+        await self._enqueue(queue, {"i": message.instance_id}, delay)
+
+    async def _write_inbox(self, message: Message) -> None:
+        body = r.message_to_json(message)
+        stamp = self.clock.now().strftime("%Y%m%dT%H%M%S%f")
+        key = f"i-{stamp}{next(_seq) % 1000:03d}-{message.id}"
+        entity: dict[str, Any] = {"PartitionKey": message.instance_id, "RowKey": key}
+        data = orjson.dumps(body)
+        if len(data) > r.MAX_ROW_BYTES:
+            entity["Blob"] = await self._put_blob(message.instance_id, data)
+        else:
+            entity.update(r.pack(body))
+        with contextlib.suppress(ResourceExistsError):
+            await self.history.create_entity(entity)
+
+    async def complete_activity(self, request: ActivityRequest, result: Message) -> None:
+        await self._send(result)
+
+    async def enqueue_activity(self, request: ActivityRequest) -> None:
+        """Put one work item on the work-item queue (input in a blob when large)."""
+        body = r.activity_to_json(request)
+        if len(orjson.dumps(body)) > r.QUEUE_INLINE_LIMIT:
+            body["in"] = None
+            body["inb"] = await self._put_blob(request.instance_id, (request.input or "").encode())
+        await self._enqueue(self.workitems, body)
+
+    async def decode_activity(self, body: dict[str, Any]) -> ActivityRequest:
+        """A work item from its queue body (fetching a blob input)."""
+        request = r.activity_from_json(body)
+        if body.get("inb"):
+            request.input = (await self._get_blob(body["inb"])).decode()
+        return request
+
+    # ------------------------------------------------------------- instances
+
+    async def create_instance(self, record: InstanceRecord, start: Message) -> None:
+        iid = record.instance_id
+        try:
+            current = await self.history.get_entity(iid, r.SENTINEL)
+        except ResourceNotFoundError:
+            current = None
+        if current is not None:
+            status = Status(current.get("RuntimeStatus") or "Pending")
+            if not status.is_terminal:
+                raise InstanceAlreadyExistsError(
+                    f"instance '{iid}' is {status.value}; wait for it to finish, terminate it "
+                    "or use another id"
+                )
+        props = await self._text_props(iid, record)
+        sentinel = {"PartitionKey": iid, "RowKey": r.SENTINEL, **props, "HistoryLength": 0}
+        if current is not None:
+            sentinel["Dedupe"] = current.get("Dedupe")
+            etag = current.metadata["etag"]
+            op: tuple[Any, ...] = (
+                "update",
+                sentinel,
+                {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": MatchConditions.IfNotModified},
+            )
+        else:
+            op = ("create", sentinel)
+        try:
+            await self.history.submit_transaction([op])
+        except (TableTransactionError, HttpResponseError) as exc:
+            if _conflict(exc):
+                raise InstanceAlreadyExistsError(f"instance '{iid}' was created concurrently") from exc
+            raise
+        await self._project(iid, props)
+        await self._write_inbox(start)
+        await self._enqueue(self.control_queue_for(iid), {"i": iid})
+
+    async def _project(self, instance_id: str, props: dict[str, Any]) -> None:
+        """Upsert the Instances row that management queries read."""
+        entity = {"PartitionKey": instance_id, "RowKey": "", **props}
+        await self.instances.upsert_entity(entity, mode=UpdateMode.REPLACE)
+
+    # ------------------------------------------------------------------ load
+
+    async def load(
+        self,
+        instance_id: str,
+        history_from: int = 0,
+        messages: list[Message] | None = None,
+        *,
+        hot: bool = False,
+    ) -> LoadedInstance | None:
+        """One partition query: sentinel, history tail, inbox and outboxes (plus ``messages``).
+
+        With ``hot`` (only in-process results arrived) and a state this process
+        committed last, no query is made at all: the commit's ETag guard catches
+        anyone who wrote in between.
+        """
+        known = self._known.get(instance_id)
+        if hot and known is not None and known.history_len == history_from:
+            return LoadedInstance(
+                record=replace(known.record),
+                history=[],
+                history_from=history_from,
+                history_len=known.history_len,
+                inbox=list(messages or ()),
+                etag=_Loaded(known.etag, known.sentinel, local_rows=dict(known.local_rows)),
+            )
+        execution = known.record.execution_id if (known is not None and history_from > 0) else None
+        flt = "PartitionKey eq @pk"
+        params: dict[str, Any] = {"pk": instance_id}
+        if execution is not None:
+            flt += " and RowKey ge @from"
+            params["from"] = r.history_key(execution, history_from)
+        else:
+            history_from = 0
+        entities = [e async for e in self.history.query_entities(flt, parameters=params)]
+        sentinel = next((e for e in entities if e["RowKey"] == r.SENTINEL), None)
+        private = _Loaded(None, {})
+        inbox: list[Message] = []
+        for entity in entities:
+            key = entity["RowKey"]
+            if key.startswith("i-"):
+                try:
+                    data = await self._row_data(entity)
+                    message = r.message_from_json(data)
+                except (KeyError, TypeError, ValueError):
+                    log.warning("dropping malformed inbox row %s/%s", instance_id, key)
+                    private.drop_keys.append(key)
+                    continue
+                inbox.append(message)
+                private.inbox_keys[message.id] = key
+            elif key.startswith("o-") and key.endswith(_LOCAL):
+                data = await self._row_data(entity)
+                private.local_rows[key] = {(a.get("x"), int(a["t"])) for a in data.get("a", ())}
+        if sentinel is None:
+            start = next((m for m in inbox if m.event["EventType"] == EventType.ExecutionStarted), None)
+            if start is None:
+                return None
+            now = self.clock.now()
+            record = InstanceRecord(
+                instance_id, start.event.get("Name", ""), start.execution_id or "", Status.Pending, now, now
+            )
+            history_len = 0
+        else:
+            record = await self._record(instance_id, sentinel)
+            private.etag = sentinel.metadata["etag"]
+            private.sentinel = dict(sentinel)
+            history_len = int(sentinel.get("HistoryLength") or 0)
+        dedupe = set(orjson.loads(private.sentinel.get("Dedupe") or "[]"))
+        fresh: list[Message] = []
+        for message in inbox:
+            if message.id in dedupe:
+                private.drop_keys.append(private.inbox_keys.pop(message.id))
+            else:
+                fresh.append(message)
+        private.overflow = len(fresh) > _INBOX_PER_STEP
+        fresh = fresh[:_INBOX_PER_STEP]
+        events: list[Event] = []
+        prefix = f"h-{record.execution_id}-"
+        for entity in entities:
+            key = entity["RowKey"]
+            if not key.startswith("h-"):
+                continue
+            if not key.startswith(prefix):
+                if len(private.drop_keys) < 20:
+                    private.drop_keys.append(key)  # a finished execution's row: clean up lazily
+                continue
+            events.extend(await self._row_data(entity))
+        if sentinel is not None and len(events) + history_from != history_len:
+            log.warning(
+                "history of %s has %d events, sentinel says %d", instance_id, len(events), history_len
+            )
+        return LoadedInstance(
+            record=record,
+            history=events,
+            history_from=history_from,
+            history_len=history_len,
+            inbox=fresh + list(messages or ()),
+            etag=private,
+        )
+
+    async def _row_data(self, entity: dict[str, Any]) -> Any:
+        if entity.get("Blob"):
+            return orjson.loads(await self._get_blob(entity["Blob"]))
+        return r.unpack(entity)
+
+    # ---------------------------------------------------------------- commit
+
+    async def commit(self, loaded: LoadedInstance, step: StepResult) -> None:
+        private: _Loaded = loaded.etag
+        rec = step.record
+        iid = rec.instance_id
+        now = self.clock.now()
+        ops: list[tuple[Any, ...]] = []
+
+        base = 0 if step.reset_history else loaded.history_len
+        history_len = base + len(step.new_events)
+        if step.new_events:
+            ops.extend(await self._history_rows(iid, rec.execution_id, base, step.new_events))
+
+        consumed = [private.inbox_keys[i] for i in step.consumed if i in private.inbox_keys]
+        open_now = set(step.executor.open_activities()) if step.executor is not None else set()
+        answered = [
+            key
+            for key, tasks in private.local_rows.items()
+            if not any(x == rec.execution_id and t in open_now for x, t in tasks)
+        ]
+        deletes = [*consumed, *private.drop_keys, *answered]
+        if not (step.new_events or step.reset_history or deletes):
+            return  # only duplicates arrived: nothing to write
+        for key in deletes:
+            ops.append(("delete", {"PartitionKey": iid, "RowKey": key}))
+        local_rows = {k: v for k, v in private.local_rows.items() if k not in answered}
+
+        before = loaded.record
+        project = private.etag is None or (
+            rec.status != before.status
+            or rec.custom_status != before.custom_status
+            or rec.output != before.output
+            or rec.execution_id != before.execution_id
+        )
+        local: list[ActivityRequest] = []
+        queued: list[ActivityRequest] = []
+        reserve = self.local_activities
+        for request in step.activities:
+            (local if reserve is not None and reserve.try_reserve() else queued).append(request)
+        step_id = uuid.uuid4().hex
+        outbox = r.Outbox(step_id, queued, list(step.messages), project)
+        if outbox.activities or outbox.messages or outbox.project:
+            ops.append(("create", self._outbox_entity(iid, r.outbox_key(step_id), outbox, now)))
+        else:
+            outbox = None  # type: ignore[assignment]
+        if local:
+            key = r.outbox_key(step_id) + _LOCAL
+            kept = r.Outbox(step_id, local, [], False)
+            due = now + self.options.work_item_queue_visibility_timeout
+            ops.append(("create", self._outbox_entity(iid, key, kept, due)))
+            local_rows[key] = {(a.execution_id, a.task_id) for a in local}
+
+        props = await self._text_props(iid, rec)
+        dedupe = orjson.loads(private.sentinel.get("Dedupe") or "[]")
+        dedupe.extend(i for i in step.consumed if i in private.inbox_keys)
+        sentinel = {
+            "PartitionKey": iid,
+            "RowKey": r.SENTINEL,
+            **props,
+            "HistoryLength": history_len,
+            "Dedupe": orjson.dumps(dedupe[-r.DEDUPE_IDS :]).decode(),
+            "CheckAt": self._check_at(step, now),
+        }
+        if private.etag is None:
+            ops.append(("create", sentinel))
+        else:
+            guard = {"etag": private.etag, "match_condition": MatchConditions.IfNotModified}
+            ops.append(("update", sentinel, {"mode": UpdateMode.REPLACE, **guard}))
+
+        try:
+            if len(ops) > r.MAX_TXN_OPS:
+                raise ConflictError(f"step of '{iid}' needs {len(ops)} table operations")
+            self.fault.check("commit.before")
+            try:
+                result = await self.history.submit_transaction(ops)
+            except (TableTransactionError, HttpResponseError) as exc:
+                if _conflict(exc):
+                    raise ConflictError(f"instance '{iid}' changed since it was loaded") from exc
+                raise
+        except BaseException:
+            self._known.pop(iid, None)
+            if reserve is not None:
+                for _ in local:
+                    reserve.release()
+            raise
+        self._known[iid] = _Known(result[-1].get("etag"), replace(rec), history_len, sentinel, local_rows)
+        self.fault.check("commit.after")
+        if local and reserve is not None:
+            reserve.start(local)
+        if outbox is not None:
+            await self.dispatch(iid, outbox, props)
+        if private.overflow:
+            await self._enqueue(self.control_queue_for(iid), {"i": iid})
+
+    def _outbox_entity(self, iid: str, key: str, outbox: r.Outbox, due: datetime) -> dict[str, Any]:
+        return {"PartitionKey": iid, "RowKey": key, "DueAt": due, **r.pack(outbox.to_json())}
+
+    def forget(self, instance_id: str) -> None:
+        """Drop what this process remembers of an instance's last commit."""
+        self._known.pop(instance_id, None)
+
+    def _check_at(self, step: StepResult, now: datetime) -> datetime | None:
+        """When the sweep should look at this instance if nothing else happens."""
+        if step.record.status.is_terminal:
+            return None
+        x = step.executor
+        times: list[datetime] = []
+        if x is not None:
+            for fire_at in x.open_timers().values():
+                times.append(max(fire_at, now) + self.repair_after)
+            if x.open_activities():
+                times.append(now + self.options.work_item_queue_visibility_timeout + self.repair_after)
+        return min(times) if times else None
+
+    async def _history_rows(
+        self, iid: str, execution_id: str, first: int, events: list[Event]
+    ) -> list[tuple[Any, ...]]:
+        """Rows (create ops) holding ``events``, split under the entity and transaction limits."""
+        data = orjson.dumps(events)
+        if len(data) > r.MAX_TXN_BYTES:
+            blob = await self._put_blob(iid, data)
+            entity = {"PartitionKey": iid, "RowKey": r.history_key(execution_id, first), "Blob": blob}
+            return [("create", entity)]
+        if len(data) <= r.MAX_ROW_BYTES:
+            return [
+                (
+                    "create",
+                    {"PartitionKey": iid, "RowKey": r.history_key(execution_id, first), **r.pack(events)},
+                )
+            ]
+        ops: list[tuple[Any, ...]] = []
+        start = 0
+        while start < len(events):
+            end, size = start, 0
+            while end < len(events):
+                event_size = len(orjson.dumps(events[end]))
+                if end > start and size + event_size > r.MAX_ROW_BYTES:
+                    break
+                size += event_size
+                end += 1
+            entity = {
+                "PartitionKey": iid,
+                "RowKey": r.history_key(execution_id, first + start),
+                **r.pack(events[start:end]),
+            }
+            ops.append(("create", entity))
+            start = end
+        return ops
+
+    async def dispatch(self, iid: str, outbox: r.Outbox, props: dict[str, Any] | None) -> None:
+        """Send what a committed step asked for, then delete its outbox row."""
+        work: list[Any] = [self.enqueue_activity(a) for a in outbox.activities]
+        work += [self._send(m) for m in outbox.messages]
+        if outbox.project:
+            if props is None:
+                entity = await self.history.get_entity(iid, r.SENTINEL)
+                skip = ("PartitionKey", "RowKey", "HistoryLength", "Dedupe", "CheckAt")
+                props = {k: v for k, v in entity.items() if k not in skip}
+            work.append(self._project(iid, props))
+        await asyncio.gather(*work)
+        self.fault.check("dispatch.after")
+        with contextlib.suppress(ResourceNotFoundError):
+            await self.history.delete_entity(iid, r.outbox_key(outbox.step_id))
+        self.fault.check("outbox.deleted")
+
+    async def force_fail(self, instance_id: str, reason: str) -> bool:
+        """Fail an instance that cannot make progress (its messages are poison)."""
+        for _ in range(5):
+            loaded = await self.load(instance_id)
+            if loaded is None or loaded.record.status.is_terminal:
+                return False
+            loaded.inbox = []
+            step = failure_step(loaded.record, loaded.history, self.clock.now(), PoisonMessageError(reason))
+            try:
+                await self.commit(loaded, step)
+            except ConflictError:
+                continue
+            return True
+        return False
+
+    # --------------------------------------------------------------- queries
+
+    async def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        try:
+            row = await self.instances.get_entity(instance_id, "")
+        except ResourceNotFoundError:
+            return None
+        return await self._record(instance_id, row)
+
+    async def get_history(self, instance_id: str) -> list[Event]:
+        loaded = await self.load(instance_id)
+        return loaded.history if loaded is not None else []
+
+    async def query_instances(self, query: InstanceQuery) -> QueryPage:
+        clauses: list[str] = []
+        params: dict[str, Any] = {}
+        if query.created_from is not None:
+            clauses.append("CreatedTime ge @cf")
+            params["cf"] = query.created_from
+        if query.created_to is not None:
+            clauses.append("CreatedTime le @ct")
+            params["ct"] = query.created_to
+        if query.statuses:
+            parts = []
+            for n, status in enumerate(sorted(s.value for s in query.statuses)):
+                parts.append(f"RuntimeStatus eq @s{n}")
+                params[f"s{n}"] = status
+            clauses.append("(" + " or ".join(parts) + ")")
+        if query.instance_id_prefix:
+            clauses.append("PartitionKey ge @p0 and PartitionKey lt @p1")
+            params["p0"] = query.instance_id_prefix
+            params["p1"] = query.instance_id_prefix + "\uffff"
+        if query.continuation:
+            clauses.append("PartitionKey gt @after")
+            params["after"] = query.continuation
+        flt = " and ".join(clauses) or "PartitionKey ne ''"
+        records: list[InstanceRecord] = []
+        pages = self.instances.query_entities(flt, parameters=params, results_per_page=query.page_size)
+        async for row in pages:
+            records.append(await self._record(row["PartitionKey"], row))
+            if len(records) > query.page_size:
+                break
+        more = len(records) > query.page_size
+        records = records[: query.page_size]
+        return QueryPage(records, records[-1].instance_id if more else None)
+
+    async def purge_instance(self, instance_id: str) -> int:
+        try:
+            await self.instances.delete_entity(instance_id, "")
+        except ResourceNotFoundError:
+            return 0
+        keys = [
+            e["RowKey"]
+            async for e in self.history.query_entities(
+                "PartitionKey eq @pk", parameters={"pk": instance_id}, select=["RowKey"]
+            )
+        ]
+        for start in range(0, len(keys), r.MAX_TXN_OPS):
+            chunk = keys[start : start + r.MAX_TXN_OPS]
+            await self.history.submit_transaction(
+                [("delete", {"PartitionKey": instance_id, "RowKey": k}) for k in chunk]
+            )
+        async for blob in self.blobs.list_blobs(name_starts_with=f"{instance_id}/"):
+            with contextlib.suppress(ResourceNotFoundError):
+                await self.blobs.delete_blob(blob.name)
+        self._known.pop(instance_id, None)
+        return 1
+
+    # ---------------------------------------------------------------- repair
+
+    async def repair(self) -> int:
+        """Sweep the hub once: re-dispatch overdue outboxes, re-wake old inboxes, re-fire stalled work.
+
+        Returns how many repairs it made. Safe to run from every worker at once:
+        every repair is idempotent (dedupe by task id, timer id or message id).
+        """
+        now = self.clock.now()
+        cutoff = now - self.repair_after
+        flt = (
+            "(RowKey ge 'i-' and RowKey lt 'j' and Timestamp le @cutoff)"
+            " or (RowKey ge 'o-' and RowKey lt 'p' and DueAt le @cutoff)"
+            " or (RowKey eq 'sentinel' and CheckAt le @now)"
+        )
+        repairs = 0
+        woken: set[str] = set()
+        params = {"now": now, "cutoff": cutoff}
+        async for entity in self.history.query_entities(flt, parameters=params):
+            iid = entity["PartitionKey"]
+            key = entity["RowKey"]
+            if key.startswith("o-"):
+                outbox = r.Outbox.from_json(key[2:].removesuffix(_LOCAL), r.unpack(entity))
+                log.info("repair: re-dispatching outbox %s of %s", key, iid)
+                if key.endswith(_LOCAL):  # its activities never answered: queue them, keep the row
+                    await asyncio.gather(*(self.enqueue_activity(a) for a in outbox.activities))
+                    await self._bump(entity, "DueAt", now + self.options.work_item_queue_visibility_timeout)
+                else:
+                    await self.dispatch(iid, outbox, None)
+                repairs += 1
+            elif key.startswith("i-") and iid not in woken:
+                woken.add(iid)
+                log.info("repair: waking %s for inbox row %s", iid, key)
+                await self._enqueue(self.control_queue_for(iid), {"i": iid})
+                repairs += 1
+            elif key == r.SENTINEL:
+                repairs += await self._refire(iid, entity)
+        return repairs
+
+    async def _bump(self, entity: dict[str, Any], column: str, value: datetime) -> None:
+        """Move a row's due time forward unless someone changed the row meanwhile."""
+        updated = dict(entity)
+        updated[column] = value
+        with contextlib.suppress(ResourceNotFoundError, HttpResponseError):
+            await self.history.update_entity(
+                updated,
+                mode=UpdateMode.REPLACE,
+                etag=entity.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+
+    async def _refire(self, iid: str, sentinel: dict[str, Any]) -> int:
+        """Re-send due timers and re-queue open activities of a stalled instance."""
+        loaded = await self.load(iid)
+        if loaded is None or loaded.record.status.is_terminal:
+            return 0
+        now = self.clock.now()
+        scheduled: dict[int, Event] = {}
+        for event in loaded.history:
+            if event["EventType"] in (EventType.TaskScheduled, EventType.TimerCreated):
+                scheduled[event["EventId"]] = event
+            elif event["EventType"] in (EventType.TaskCompleted, EventType.TaskFailed):
+                scheduled.pop(event.get("TaskScheduledId", -1), None)
+            elif event["EventType"] == EventType.TimerFired:
+                scheduled.pop(event.get("TimerId", -1), None)
+        count = 0
+        for task_id, event in scheduled.items():
+            if event["EventType"] == EventType.TimerCreated:
+                fire_at = h.parse_timestamp(event["FireAt"])
+                if fire_at <= now:
+                    fired = h.timer_fired(h.format_timestamp(now), task_id, event["FireAt"])
+                    await self._send(Message(iid, fired, loaded.record.execution_id))
+                    count += 1
+            else:
+                request = ActivityRequest(
+                    iid, loaded.record.execution_id, task_id, event.get("Name", ""), event.get("Input")
+                )
+                await self.enqueue_activity(request)
+                count += 1
+        self.forget(iid)
+        await self._bump(sentinel, "CheckAt", now + self.options.work_item_queue_visibility_timeout)
+        if count:
+            log.info("repair: re-sent %d timers/activities of %s", count, iid)
+        return count
+
+    async def close(self) -> None:
+        await self.connection.close()

@@ -1,0 +1,312 @@
+"""Queue handlers of the Azure backend and a worker that runs them.
+
+``DurableHandlers`` turns one control-queue or work-item message into an
+engine call; the local host and the Functions bindings call the same
+handlers. ``AzureWorker`` runs them with queue-trigger runners (one per
+control queue plus the work-item queue) and a periodic repair sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+from typing import Any
+
+import orjson
+
+from .backends.azure import rows as r
+from .backends.azure.backend import AzureBackend, LocalActivities
+from .config import DurableTaskOptions
+from .core import history as h
+from .core.registry import Registry
+from .core.runtime import ActivityRequest, Message
+from .engine import Engine
+from .host.queues import KeepMessage, QueueMessage, QueueTriggerOptions, QueueTriggerRunner
+
+log = logging.getLogger("durable_ext.worker")
+
+
+class _Mailbox:
+    """Messages waiting for the next step of one instance, with their handlers' futures."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.waiters: list[asyncio.Future[None]] = []
+        self.hot = True
+        self.task: asyncio.Future[None] | None = None
+
+    def add(self, messages: list[Message], waiter: asyncio.Future[None], hot: bool) -> None:
+        self.messages.extend(messages)
+        self.waiters.append(waiter)
+        self.hot = self.hot and hot
+
+    def take(self) -> tuple[list[Message], list[asyncio.Future[None]], bool]:
+        taken = self.messages, self.waiters, self.hot
+        self.messages, self.waiters, self.hot = [], [], True
+        return taken
+
+
+class ActivitySlots(LocalActivities):
+    """The activity concurrency budget of this process (``maxConcurrentActivityFunctions``).
+
+    Activities the backend hands over at commit time run here directly; work
+    items from the queue wait for the same slots, so the limit holds for both.
+    """
+
+    def __init__(self, handlers: DurableHandlers, limit: int) -> None:
+        self.handlers = handlers
+        self.limit = limit
+        self.free = limit
+        self.running: set[asyncio.Future[None]] = set()
+        self._freed = asyncio.Event()
+        self.peak = 0
+
+    def try_reserve(self) -> bool:
+        if self.free <= 0:
+            return False
+        self.free -= 1
+        self.peak = max(self.peak, self.limit - self.free)
+        return True
+
+    def release(self) -> None:
+        self.free += 1
+        self._freed.set()
+
+    async def acquire(self) -> None:
+        """Wait for a slot (work items from the queue)."""
+        while not self.try_reserve():
+            self._freed.clear()
+            await self._freed.wait()
+
+    def start(self, requests: list[ActivityRequest]) -> None:
+        for request in requests:
+            task = asyncio.ensure_future(self._run(request))
+            self.running.add(task)
+            task.add_done_callback(self.running.discard)
+
+    async def _run(self, request: ActivityRequest) -> None:
+        handlers = self.handlers
+        try:
+            result = await handlers.engine.run_activity(request)
+        finally:
+            self.release()
+        try:
+            await handlers.process(request.instance_id, [result], hot=True)
+        except Exception:
+            log.warning("in-process delivery to %s failed; sending by queue", request.instance_id)
+            with contextlib.suppress(Exception):
+                await handlers.backend.complete_activity(request, result)
+
+
+class DurableHandlers:
+    """What to do with each kind of queue message, whatever runs the queues."""
+
+    def __init__(self, engine: Engine, backend: AzureBackend) -> None:
+        self.engine = engine
+        self.backend = backend
+        self._boxes: dict[str, _Mailbox] = {}
+        self.slots: ActivitySlots | None = None
+
+    async def process(self, instance_id: str, messages: list[Message], hot: bool = False) -> None:
+        """Apply ``messages`` to the instance, batching with others that arrive meanwhile.
+
+        One drain loop per instance and process: messages that come in while a
+        step runs are applied together in the next step (a fan-in of many
+        results costs a few commits, not one each), and two handlers never race
+        on the same instance inside this process.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        box = self._boxes.get(instance_id)
+        if box is None:
+            box = self._boxes[instance_id] = _Mailbox()
+            box.add(messages, done, hot)
+            box.task = asyncio.ensure_future(self._drain(instance_id, box))
+        else:
+            box.add(messages, done, hot)
+        await done
+
+    async def _drain(self, instance_id: str, box: _Mailbox) -> None:
+        try:
+            while box.waiters:
+                messages, waiters, hot = box.take()
+                try:
+                    await self.engine.process_instance(instance_id, messages, hot=hot)
+                except Exception as exc:
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                else:
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_result(None)
+        finally:
+            self._boxes.pop(instance_id, None)
+
+    async def on_control(self, message: QueueMessage) -> None:
+        """A wake-up (``{"i": id}``) or an inline message (``{"m": {...}}``) for an instance."""
+        try:
+            body = orjson.loads(message.content)
+            if "m" in body:
+                inline = r.message_from_json(body["m"])
+                iid, messages = inline.instance_id, [inline]
+            else:
+                iid, messages = str(body["i"]), []
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.warning("dropping malformed control message %s: %.200r", message.id, message.content)
+            return
+        for inline in messages:
+            if inline.visible_at is not None:
+                wait = inline.visible_at - self.backend.clock.now()
+                if wait > timedelta(seconds=1):  # a long timer: re-arm past the 7-day queue limit
+                    await self.backend.send_messages([inline])
+                    return
+                inline.visible_at = None
+        await self.process(iid, messages)
+
+    async def on_work_item(self, message: QueueMessage) -> None:
+        """Run one activity and deliver its result to the orchestration."""
+        try:
+            request = await self.backend.decode_activity(orjson.loads(message.content))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.warning("dropping malformed work item %s: %.200r", message.id, message.content)
+            return
+        if self.slots is not None:
+            await self.slots.acquire()
+        try:
+            result = await self.engine.run_activity(request)
+        finally:
+            if self.slots is not None:
+                self.slots.release()
+        await self.backend.complete_activity(request, result)
+
+    async def on_control_poison(self, message: QueueMessage) -> None:
+        """A control message failed too often: fail its instance with the reason."""
+        with contextlib.suppress(Exception):
+            body = orjson.loads(message.content)
+            iid = body["m"]["i"] if "m" in body else body["i"]
+            await self.backend.force_fail(
+                str(iid),
+                f"a message for this instance failed {message.dequeue_count} times and was moved "
+                "to the poison queue",
+            )
+
+    async def on_work_item_poison(self, message: QueueMessage) -> None:
+        """A work item failed too often: report the activity as failed to its orchestration."""
+        with contextlib.suppress(Exception):
+            request = r.activity_from_json(orjson.loads(message.content))
+            stamp = h.format_timestamp(self.backend.clock.now())
+            failure = h.failure_details(
+                "PoisonMessage",
+                f"activity '{request.name}' could not be run after {message.dequeue_count} attempts",
+                None,
+            )
+            event = h.task_failed(stamp, request.task_id, failure)
+            await self.backend.complete_activity(
+                request, Message(request.instance_id, event, request.execution_id)
+            )
+
+
+class AzureWorker:
+    """One worker process's share of a task hub: queue runners plus the repair sweep."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        backend: AzureBackend,
+        options: DurableTaskOptions,
+        *,
+        repair_interval: timedelta = timedelta(seconds=30),
+    ) -> None:
+        self.backend = backend
+        self.options = options
+        self.engine = Engine(registry, backend)
+        self.handlers = DurableHandlers(self.engine, backend)
+        self.slots = ActivitySlots(self.handlers, options.max_concurrent_activity_functions)
+        self.handlers.slots = self.slots
+        self.repair_interval = repair_interval
+        self.runners: dict[str, QueueTriggerRunner] = {}
+        self._repair_task: asyncio.Task[None] | None = None
+
+    def _queue_options(self, batch: int, visibility: timedelta, max_concurrency: int) -> QueueTriggerOptions:
+        opts = self.options
+        return QueueTriggerOptions(
+            batch_size=max(1, min(32, batch, max_concurrency)),
+            max_dequeue_count=opts.queues.max_dequeue_count,
+            max_polling_interval=opts.max_queue_polling_interval,
+            visibility_timeout=opts.queues.visibility_timeout,
+            message_lease=visibility,
+        )
+
+    async def start(self) -> None:
+        """Create the hub if needed and start polling."""
+        await self.backend.create_task_hub()
+        opts = self.options
+        control_opts = self._queue_options(
+            opts.control_queue_batch_size,
+            opts.control_queue_visibility_timeout,
+            opts.max_concurrent_orchestrator_functions,
+        )
+        for queue in self.backend.control_queues:
+            self.runners[queue.queue_name] = QueueTriggerRunner(
+                queue,
+                self.handlers.on_control,
+                control_opts,
+                on_poison=self.handlers.on_control_poison,
+                name=queue.queue_name,
+            )
+        work_opts = self._queue_options(
+            opts.max_concurrent_activity_functions,
+            opts.work_item_queue_visibility_timeout,
+            opts.max_concurrent_activity_functions,
+        )
+        self.runners[self.backend.workitems.queue_name] = QueueTriggerRunner(
+            self.backend.workitems,
+            self.handlers.on_work_item,
+            work_opts,
+            on_poison=self.handlers.on_work_item_poison,
+            name=self.backend.workitems.queue_name,
+        )
+        self.backend.on_enqueue = self._wake
+        self.backend.local_activities = self.slots
+        for runner in self.runners.values():
+            await runner.start()
+        self._repair_task = asyncio.ensure_future(self._repair_loop())
+
+    def _wake(self, queue_name: str) -> None:
+        runner = self.runners.get(queue_name)
+        if runner is not None:
+            runner.wake()
+
+    async def _repair_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.repair_interval.total_seconds())
+            try:
+                await self.backend.repair()
+            except Exception:  # the sweep must outlive a storage hiccup
+                log.exception("repair sweep failed")
+
+    async def stop(self) -> None:
+        """Stop polling and wait for running handlers."""
+        if self._repair_task is not None:
+            self._repair_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._repair_task
+        await asyncio.gather(*(runner.stop() for runner in self.runners.values()))
+        for task in list(self.slots.running):
+            task.cancel()
+        await asyncio.gather(*self.slots.running, return_exceptions=True)
+        self.backend.on_enqueue = None
+        self.backend.local_activities = None
+
+    async def __aenter__(self) -> AzureWorker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+
+__all__ = ["AzureWorker", "DurableHandlers", "KeepMessage"]

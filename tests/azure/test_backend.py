@@ -1,0 +1,62 @@
+"""The Azure Storage backend end to end on a real Azurite: the sample app through one worker."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from function_app import app
+
+from durable_ext import OrchestrationRuntimeStatus as Status
+from durable_ext.backends.azure.backend import AzureBackend
+from durable_ext.client import DurableOrchestrationClient
+from durable_ext.worker import AzureWorker
+
+
+@pytest.fixture
+async def worker(backend: AzureBackend):
+    async with AzureWorker(app.registry, backend, backend.options, repair_interval=timedelta(seconds=1)) as w:
+        yield w
+
+
+@pytest.fixture
+def client(backend: AzureBackend) -> DurableOrchestrationClient:
+    return DurableOrchestrationClient(backend)
+
+
+async def test_hello_sequence(worker: AzureWorker, client: DurableOrchestrationClient) -> None:
+    iid = await client.start_new("hello_sequence")
+    status = await client.wait_for_completion(iid, timeout=20)
+    assert status.runtime_status == Status.Completed
+    assert status.output == ["Hello Tokyo!", "Hello Seattle!", "Hello London!"]
+    history = (await client.get_status(iid, show_history=True)).history
+    kinds = [e["EventType"] for e in history]
+    assert kinds.count(4) == 3 and kinds.count(5) == 3  # TaskScheduled / TaskCompleted, once each
+
+
+async def test_fan_out_and_sub_orchestrations(
+    worker: AzureWorker, client: DurableOrchestrationClient
+) -> None:
+    fan = await client.start_new("fan_out_fan_in", client_input=30)
+    parent = await client.start_new("parent_child")
+    assert (await client.wait_for_completion(fan, timeout=30)).output == sum(n * n for n in range(1, 31))
+    assert (await client.wait_for_completion(parent, timeout=30)).output == [
+        "Hello Tokyo!",
+        "Hello Seattle!",
+        "Hello London!",
+    ] * 2
+
+
+async def test_event_and_timer(worker: AzureWorker, client: DurableOrchestrationClient) -> None:
+    approved = await client.start_new("approval_workflow", client_input={"timeout_s": 60})
+    timed_out = await client.start_new("approval_workflow", client_input={"timeout_s": 1})
+    await client.raise_event(approved, "Approval", "bob")
+    assert (await client.wait_for_completion(approved, timeout=20)).output == "approved:bob"
+    assert (await client.wait_for_completion(timed_out, timeout=20)).output == "timeout"
+
+
+async def test_retry_and_continue_as_new(worker: AzureWorker, client: DurableOrchestrationClient) -> None:
+    retried = await client.start_new("retry_demo")
+    monitor = await client.start_new("monitor", client_input={"interval_s": 1})
+    assert (await client.wait_for_completion(retried, timeout=30)).output == "succeeded after 3 attempts"
+    assert (await client.wait_for_completion(monitor, timeout=30)).output == {"checks": 3, "status": "done"}
