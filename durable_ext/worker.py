@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 from datetime import timedelta
 from typing import Any
 
 import orjson
 
 from .backends.azure import rows as r
-from .backends.azure.backend import AzureBackend, LocalActivities
+from .backends.azure.backend import AzureBackend, FaultHook, LocalActivities
 from .config import DurableTaskOptions
 from .core import history as h
 from .core.registry import Registry
@@ -309,4 +311,99 @@ class AzureWorker:
         await self.stop()
 
 
-__all__ = ["AzureWorker", "DurableHandlers", "KeepMessage"]
+class EnvFaults(FaultHook):
+    """Crash on purpose where ``DURABLE_EXT_FAULT`` says: ``point:action:n`` (comma-separated).
+
+    ``action`` is ``raise`` (an exception, as a failing storage call would give)
+    or ``kill`` (SIGKILL of this process, as a VM reboot would); ``n`` picks
+    the n-th time the point is reached. Points: commit.before, commit.after,
+    dispatch.after, outbox.deleted.
+    """
+
+    def __init__(self, spec: str) -> None:
+        self.rules: dict[str, tuple[str, int]] = {}
+        self.seen: dict[str, int] = {}
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            point, action, nth = part.split(":")
+            self.rules[point] = (action, int(nth))
+
+    def check(self, point: str) -> None:
+        rule = self.rules.get(point)
+        if rule is None:
+            return
+        self.seen[point] = self.seen.get(point, 0) + 1
+        if self.seen[point] != rule[1]:
+            return
+        if rule[0] == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise RuntimeError(f"injected fault at {point}")
+
+
+async def serve(app_dir: str, stop: asyncio.Event | None = None) -> None:
+    """Run one worker for the app in ``app_dir`` until ``stop`` is set (or forever)."""
+    from .backends.azure.connection import StorageCallCounter, resolve_connection
+    from .host.loader import load_app, load_settings
+
+    settings = load_settings(app_dir)
+    app = load_app(app_dir)
+    options = DurableTaskOptions.from_app_dir(app_dir, settings)
+    counter = StorageCallCounter()
+    connection = resolve_connection(settings, options.connection_name, counter=counter)
+    repair_after = timedelta(seconds=float(settings.get("DURABLE_EXT_REPAIR_AFTER", "30")))
+    backend = AzureBackend(
+        connection,
+        options,
+        fault=EnvFaults(settings.get("DURABLE_EXT_FAULT", "")),
+        repair_after=repair_after,
+    )
+    interval = timedelta(seconds=float(settings.get("DURABLE_EXT_REPAIR_INTERVAL", "30")))
+    stats_file = settings.get("DURABLE_EXT_STATS_FILE")
+    stop = stop or asyncio.Event()
+    async with AzureWorker(app.registry, backend, options, repair_interval=interval) as worker:
+        log.info("worker %d serving hub %s", os.getpid(), options.hub_name)
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+            if stats_file:
+                _write_stats(stats_file, counter, worker)
+    if stats_file:
+        _write_stats(stats_file, counter, worker)
+    await backend.close()
+
+
+def _write_stats(path: str, counter: Any, worker: AzureWorker) -> None:
+    data = {
+        "storage": counter.snapshot(),
+        "engine": worker.engine.stats,
+        "peak_activities": worker.slots.peak,
+        "runners": {name: runner.stats() for name, runner in worker.runners.items()},
+    }
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as out:
+        out.write(orjson.dumps(data, default=str))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m durable_ext.worker APP_DIR``: one worker process; SIGTERM stops it cleanly."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    app_dir = args[0] if args else "."
+    logging.basicConfig(level=os.environ.get("DURABLE_EXT_LOG", "WARNING"))
+    logging.getLogger("azure").setLevel(logging.WARNING)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(app_dir, stop)
+
+    asyncio.run(run())
+
+
+__all__ = ["AzureWorker", "DurableHandlers", "EnvFaults", "KeepMessage", "main", "serve"]
+
+if __name__ == "__main__":
+    main()

@@ -198,14 +198,27 @@ class AzureBackend(Backend):
         stream = await self.blobs.download_blob(name)
         return await stream.readall()
 
-    async def _text_props(self, instance_id: str, record: InstanceRecord) -> dict[str, Any]:
-        """Record properties with payloads too big for a property moved to blobs."""
+    async def _text_props(
+        self,
+        instance_id: str,
+        record: InstanceRecord,
+        before: tuple[InstanceRecord, dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """Record properties with payloads too big for a property moved to blobs.
+
+        ``before`` (the loaded record and its row) lets an unchanged big payload
+        keep its blob instead of being uploaded again at every step.
+        """
         props = r.record_to_props(record)
-        for key in ("Input", "Output", "CustomStatus"):
+        for key, attr in (("Input", "input"), ("Output", "output"), ("CustomStatus", "custom_status")):
             text = props.get(key)
             if text is not None and len(text) > r.PROPERTY_TEXT_LIMIT:
                 props[key] = None
-                props[f"{key}Blob"] = await self._put_blob(instance_id, text.encode())
+                old_blob = before[1].get(f"{key}Blob") if before else None
+                if old_blob and getattr(before[0], attr) == text:  # type: ignore[index]
+                    props[f"{key}Blob"] = old_blob
+                else:
+                    props[f"{key}Blob"] = await self._put_blob(instance_id, text.encode())
         return props
 
     async def _record(self, instance_id: str, row: dict[str, Any]) -> InstanceRecord:
@@ -473,7 +486,7 @@ class AzureBackend(Backend):
             ops.append(("create", self._outbox_entity(iid, key, kept, due)))
             local_rows[key] = {(a.execution_id, a.task_id) for a in local}
 
-        props = await self._text_props(iid, rec)
+        props = await self._text_props(iid, rec, (loaded.record, private.sentinel))
         dedupe = orjson.loads(private.sentinel.get("Dedupe") or "[]")
         dedupe.extend(i for i in step.consumed if i in private.inbox_keys)
         sentinel = {

@@ -20,6 +20,7 @@ from azure.core.pipeline import PipelineRequest
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 from azure.data.tables.aio import TableServiceClient
 from azure.storage.blob.aio import BlobServiceClient
+from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueServiceClient
 
 from ...config import DEFAULT_CONNECTION_NAME, ConfigError
@@ -191,8 +192,13 @@ class StorageConnection:
     def queue_service(self) -> QueueServiceClient:
         """The account's async QueueServiceClient, created on first use and then shared."""
         if self._queue is None:
+            # base64 bodies, as the Functions host's queue trigger expects by default
             self._queue = QueueServiceClient(
-                self.queue_url, credential=self.credential, **self._kwargs("queue")
+                self.queue_url,
+                credential=self.credential,
+                message_encode_policy=TextBase64EncodePolicy(),
+                message_decode_policy=TextBase64DecodePolicy(),
+                **self._kwargs("queue"),
             )
         return self._queue
 
