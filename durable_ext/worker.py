@@ -105,11 +105,13 @@ class ActivitySlots(LocalActivities):
 class DurableHandlers:
     """What to do with each kind of queue message, whatever runs the queues."""
 
-    def __init__(self, engine: Engine, backend: AzureBackend) -> None:
+    def __init__(self, engine: Engine, backend: AzureBackend, max_orchestrations: int = 1000) -> None:
         self.engine = engine
         self.backend = backend
         self._boxes: dict[str, _Mailbox] = {}
         self.slots: ActivitySlots | None = None
+        # maxConcurrentOrchestratorFunctions: steps running at once in this process
+        self.orchestrator_slots = asyncio.Semaphore(max_orchestrations)
 
     async def process(self, instance_id: str, messages: list[Message], hot: bool = False) -> None:
         """Apply ``messages`` to the instance, batching with others that arrive meanwhile.
@@ -135,7 +137,8 @@ class DurableHandlers:
             while box.waiters:
                 messages, waiters, hot = box.take()
                 try:
-                    await self.engine.process_instance(instance_id, messages, hot=hot)
+                    async with self.orchestrator_slots:
+                        await self.engine.process_instance(instance_id, messages, hot=hot)
                 except Exception as exc:
                     for waiter in waiters:
                         if not waiter.done():
@@ -225,7 +228,7 @@ class AzureWorker:
         self.backend = backend
         self.options = options
         self.engine = Engine(registry, backend)
-        self.handlers = DurableHandlers(self.engine, backend)
+        self.handlers = DurableHandlers(self.engine, backend, options.max_concurrent_orchestrator_functions)
         self.slots = ActivitySlots(self.handlers, options.max_concurrent_activity_functions)
         self.handlers.slots = self.slots
         self.repair_interval = repair_interval

@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
@@ -50,6 +51,7 @@ log = logging.getLogger("durable_ext.azure")
 _INLINE = frozenset({EventType.TaskCompleted, EventType.TaskFailed, EventType.TimerFired})
 _MAX_VISIBILITY = timedelta(days=6, hours=23)  # queues allow 7 days
 _INBOX_PER_STEP = 40
+_KNOWN_MAX = 4096  # instances whose last commit this process remembers (hot path)
 _LOCAL = "-l"  # outbox rows of activities this process runs itself: kept until answered
 _seq = itertools.count()
 
@@ -147,7 +149,7 @@ class AzureBackend(Backend):
         self.blobs = connection.blob_service().get_container_client(large_messages_container(self.hub))
         self.on_enqueue: Callable[[str], None] | None = None
         self.local_activities: LocalActivities | None = None
-        self._known: dict[str, _Known] = {}
+        self._known: OrderedDict[str, _Known] = OrderedDict()
 
     # ------------------------------------------------------------- task hub
 
@@ -519,7 +521,13 @@ class AzureBackend(Backend):
                 for _ in local:
                     reserve.release()
             raise
-        self._known[iid] = _Known(result[-1].get("etag"), replace(rec), history_len, sentinel, local_rows)
+        if rec.status.is_terminal:
+            self._known.pop(iid, None)
+        else:
+            self._known[iid] = _Known(result[-1].get("etag"), replace(rec), history_len, sentinel, local_rows)
+            self._known.move_to_end(iid)
+            while len(self._known) > _KNOWN_MAX:
+                self._known.popitem(last=False)
         self.fault.check("commit.after")
         if local and reserve is not None:
             reserve.start(local)
