@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# This folder also holds azure.py, which would shadow the ``azure`` namespace package.
+sys.path.remove(str(Path(__file__).resolve().parent))
 
 from durable_ext.backends.memory import MemoryBackend
 from durable_ext.client import DurableOrchestrationClient

@@ -53,53 +53,90 @@ class _Mailbox:
 class ActivitySlots(LocalActivities):
     """The activity concurrency budget of this process (``maxConcurrentActivityFunctions``).
 
-    Activities the backend hands over at commit time run here directly; work
-    items from the queue wait for the same slots, so the limit holds for both.
+    At most ``limit`` activities run at once, whether the backend handed them
+    over at commit time or they came from the work-item queue. The backend may
+    hand over more than there are free slots while the wait for one stays
+    short: ``backlog_wait`` seconds, estimated from the mean run time of the
+    activities this process ran, and only while slots keep freeing up. Those
+    wait here instead of going round the work-item queue (an enqueue, a
+    receive and a delete each); long-running work still goes to the queue,
+    where other workers can take it. The step's ``o-…-l`` row keeps every
+    handed-over activity recoverable, as for one that runs at once.
     """
 
-    def __init__(self, handlers: DurableHandlers, limit: int) -> None:
+    def __init__(self, handlers: DurableHandlers, limit: int, backlog_wait: float = 1.0) -> None:
         self.handlers = handlers
         self.limit = limit
-        self.free = limit
+        self.backlog_wait = backlog_wait
+        self.active = 0  # running now
+        self.waiting = 0  # handed over (or reserved by a commit in progress), not running yet
+        self.mean_run: float | None = None  # seconds, moving average of finished activities
+        self.last_finish = 0.0  # loop time an activity last finished
         self.running: set[asyncio.Future[None]] = set()
-        self._freed = asyncio.Event()
+        self.pending: dict[asyncio.Future[None], ActivityRequest] = {}  # handed over, no slot yet
+        self._slots = asyncio.Semaphore(limit)
         self.peak = 0
 
     def try_reserve(self) -> bool:
-        if self.free <= 0:
-            return False
-        self.free -= 1
-        self.peak = max(self.peak, self.limit - self.free)
+        """Take a place for one activity at commit time: a free slot, or a short wait for one."""
+        ahead = self.active + self.waiting + 1 - self.limit  # activities to finish before it starts
+        if ahead > 0:
+            mean = self.mean_run
+            if mean is None or ahead * mean > self.backlog_wait * self.limit:
+                return False  # nothing measured yet, or too long a wait
+            stuck = asyncio.get_running_loop().time() - self.last_finish > self.backlog_wait
+            if self.active >= self.limit and stuck:
+                return False  # every slot busy and none freed lately: the mean does not hold
+        self.waiting += 1
         return True
 
     def release(self) -> None:
-        self.free += 1
-        self._freed.set()
+        """Give back a place ``try_reserve`` took that the backend did not use."""
+        self.waiting -= 1
 
     async def acquire(self) -> None:
-        """Wait for a slot (work items from the queue)."""
-        while not self.try_reserve():
-            self._freed.clear()
-            await self._freed.wait()
+        """Wait for a slot to run one activity."""
+        await self._slots.acquire()
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+
+    def finished(self, seconds: float) -> None:
+        """Give back the slot of an activity that ran for ``seconds``."""
+        self.active -= 1
+        self._slots.release()
+        self.last_finish = asyncio.get_running_loop().time()
+        mean = self.mean_run
+        self.mean_run = seconds if mean is None else mean + 0.1 * (seconds - mean)
 
     def start(self, requests: list[ActivityRequest]) -> None:
         for request in requests:
             task = asyncio.ensure_future(self._run(request))
             self.running.add(task)
-            task.add_done_callback(self.running.discard)
+            self.pending[task] = request
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Future[None]) -> None:
+        self.running.discard(task)
+        self.pending.pop(task, None)
 
     async def _run(self, request: ActivityRequest) -> None:
         handlers = self.handlers
+        task = asyncio.current_task()
+        try:
+            await self.acquire()
+        finally:
+            self.waiting -= 1
+            self.pending.pop(task, None)  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        begin = loop.time()
         try:
             result = await handlers.engine.run_activity(request)
         finally:
-            self.release()
+            self.finished(loop.time() - begin)
         try:
-            await handlers.process(request.instance_id, [result], hot=True)
-        except Exception:
-            log.warning("in-process delivery to %s failed; sending by queue", request.instance_id)
-            with contextlib.suppress(Exception):
-                await handlers.backend.complete_activity(request, result)
+            await handlers.deliver(request, result)
+        except Exception:  # the o-…-l row is still there: the sweep queues the activity again
+            log.warning("result of %s for %s not delivered", request.name, request.instance_id)
 
 
 class DurableHandlers:
@@ -168,6 +205,8 @@ class DurableHandlers:
                 if wait > timedelta(seconds=1):  # a long timer: re-arm past the 7-day queue limit
                     await self.backend.send_messages([inline])
                     return
+                if wait > timedelta(0):  # visible a moment early (clocks differ): never fire early
+                    await asyncio.sleep(wait.total_seconds())
                 inline.visible_at = None
         await self.process(iid, messages)
 
@@ -178,14 +217,30 @@ class DurableHandlers:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             log.warning("dropping malformed work item %s: %.200r", message.id, message.content)
             return
+        loop = asyncio.get_running_loop()
         if self.slots is not None:
             await self.slots.acquire()
+        begin = loop.time()
         try:
             result = await self.engine.run_activity(request)
         finally:
             if self.slots is not None:
-                self.slots.release()
-        await self.backend.complete_activity(request, result)
+                self.slots.finished(loop.time() - begin)
+        await self.deliver(request, result)
+
+    async def deliver(self, request: ActivityRequest, result: Message) -> None:
+        """Apply an activity's result in this process; send it by queue if that fails.
+
+        Any worker may commit any instance (the ETag decides), so the worker
+        that ran the activity commits the next step itself instead of putting
+        the result on the control queue for someone to receive and delete.
+        The work item or ``o-…-l`` row stays until this returns.
+        """
+        try:
+            await self.process(request.instance_id, [result], hot=True)
+        except Exception:
+            log.warning("in-process delivery to %s failed; sending by queue", request.instance_id)
+            await self.backend.complete_activity(request, result)
 
     async def on_control_poison(self, message: QueueMessage) -> None:
         """A control message failed too often: fail its instance with the reason."""
@@ -300,9 +355,12 @@ class AzureWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._repair_task
         await asyncio.gather(*(runner.stop() for runner in self.runners.values()))
+        waiting = list(self.slots.pending.values())  # handed over but never started
         for task in list(self.slots.running):
             task.cancel()
         await asyncio.gather(*self.slots.running, return_exceptions=True)
+        # to the work-item queue, so another worker runs them now rather than after the sweep
+        await asyncio.gather(*(self.backend.enqueue_activity(a) for a in waiting), return_exceptions=True)
         self.backend.on_enqueue = None
         self.backend.local_activities = None
 
@@ -361,12 +419,13 @@ async def serve(app_dir: str, stop: asyncio.Event | None = None) -> None:
     )
     interval = timedelta(seconds=float(settings.get("DURABLE_EXT_REPAIR_INTERVAL", "30")))
     stats_file = settings.get("DURABLE_EXT_STATS_FILE")
+    stats_every = float(settings.get("DURABLE_EXT_STATS_INTERVAL", "0.5"))  # seconds between writes
     stop = stop or asyncio.Event()
     async with AzureWorker(app.registry, backend, options, repair_interval=interval) as worker:
         log.info("worker %d serving hub %s", os.getpid(), options.hub_name)
         while not stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
+                await asyncio.wait_for(stop.wait(), stats_every)
             if stats_file:
                 _write_stats(stats_file, counter, worker)
     if stats_file:

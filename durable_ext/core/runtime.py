@@ -181,11 +181,18 @@ def run_step(
             return _fail_outright(result, others, stamp, now, exc, executor.parent)
 
     episode: list[Event] = [h.orchestrator_started(stamp)]
+    completed: set[int] = set()  # task ids completed in this episode: copies in the same batch
     for message in others:
         if message.execution_id is not None and message.execution_id != rec.execution_id:
             continue  # a completion meant for an earlier execution
-        if executor.accepts(message.event):
-            episode.append(message.event)
+        event = message.event
+        if executor.accepts(event):
+            task_id = _completed_task(event)
+            if task_id is not None:
+                if task_id in completed:
+                    continue  # a duplicate of a completion this episode already takes
+                completed.add(task_id)
+            episode.append(event)
     if len(episode) == 1:
         result.executor = executor
         return result
@@ -212,6 +219,21 @@ def run_step(
 
     _complete(executor, rec, result, stamp, now)
     return result
+
+
+def _completed_task(event: Event) -> int | None:
+    """The task id a completion event completes (``None`` for other events)."""
+    kind = event["EventType"]
+    if kind == EventType.TimerFired:
+        return event.get("TimerId")
+    if kind in (
+        EventType.TaskCompleted,
+        EventType.TaskFailed,
+        EventType.SubOrchestrationInstanceCompleted,
+        EventType.SubOrchestrationInstanceFailed,
+    ):
+        return event.get("TaskScheduledId")
+    return None
 
 
 def failure_step(record: InstanceRecord, history: list[Event], now: datetime, error: Exception) -> StepResult:

@@ -117,10 +117,18 @@ def _lost_ownership(error: HttpResponseError) -> bool:
 
 
 def _poison_client(queue: QueueClient, name: str) -> QueueClient:
-    """A client for queue ``name`` in the same account, with the same credential and version."""
+    """A client for queue ``name`` in the same account, with the same credential, version and
+    message encoding (a poison message is a copy of the original, as the host makes it)."""
     query = urlparse(queue.url).query
     account_url = f"{queue.scheme}://{queue.primary_hostname}" + (f"?{query}" if query else "")
-    return QueueClient(account_url, name, credential=queue.credential, api_version=queue.api_version)
+    return QueueClient(
+        account_url,
+        name,
+        credential=queue.credential,
+        api_version=queue.api_version,
+        message_encode_policy=getattr(queue, "_message_encode_policy", None),
+        message_decode_policy=getattr(queue, "_message_decode_policy", None),
+    )
 
 
 class QueueTriggerRunner:

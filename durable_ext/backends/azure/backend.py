@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -52,6 +53,12 @@ _INLINE = frozenset({EventType.TaskCompleted, EventType.TaskFailed, EventType.Ti
 _MAX_VISIBILITY = timedelta(days=6, hours=23)  # queues allow 7 days
 _INBOX_PER_STEP = 40
 _KNOWN_MAX = 4096  # instances whose last commit this process remembers (hot path)
+_BLOB_PROPS = {  # record properties that move to a blob when too big for a table property
+    "Input": "input",
+    "Output": "output",
+    "CustomStatus": "custom_status",
+    "FailureDetails": "failure",
+}
 _LOCAL = "-l"  # outbox rows of activities this process runs itself: kept until answered
 _seq = itertools.count()
 
@@ -212,12 +219,12 @@ class AzureBackend(Backend):
         keep its blob instead of being uploaded again at every step.
         """
         props = r.record_to_props(record)
-        for key, attr in (("Input", "input"), ("Output", "output"), ("CustomStatus", "custom_status")):
+        for key in _BLOB_PROPS:
             text = props.get(key)
-            if text is not None and len(text) > r.PROPERTY_TEXT_LIMIT:
+            if text is not None and r.utf16_len(text) > r.PROPERTY_TEXT_LIMIT:
                 props[key] = None
                 old_blob = before[1].get(f"{key}Blob") if before else None
-                if old_blob and getattr(before[0], attr) == text:  # type: ignore[index]
+                if old_blob and r.record_to_props(before[0]).get(key) == text:  # type: ignore[index]
                     props[f"{key}Blob"] = old_blob
                 else:
                     props[f"{key}Blob"] = await self._put_blob(instance_id, text.encode())
@@ -225,10 +232,14 @@ class AzureBackend(Backend):
 
     async def _record(self, instance_id: str, row: dict[str, Any]) -> InstanceRecord:
         record = r.record_from_props(instance_id, row)
-        for key, attr in (("Input", "input"), ("Output", "output"), ("CustomStatus", "custom_status")):
+        for key in _BLOB_PROPS:
             blob = row.get(f"{key}Blob")
             if blob:
-                setattr(record, attr, (await self._get_blob(blob)).decode())
+                text = (await self._get_blob(blob)).decode()
+                if key == "FailureDetails":
+                    record.failure = orjson.loads(text)
+                else:
+                    setattr(record, _BLOB_PROPS[key], text)
         return record
 
     # ---------------------------------------------------------------- sending
@@ -237,8 +248,10 @@ class AzureBackend(Backend):
         data = orjson.dumps(body).decode()
         seconds = None
         if delay is not None and delay > timedelta(0):
-            seconds = int(min(delay, _MAX_VISIBILITY).total_seconds())
-        await queue.send_message(data, visibility_timeout=seconds)
+            # whole seconds, rounded up: a timer's message must not become visible before it is due
+            seconds = math.ceil(min(delay, _MAX_VISIBILITY).total_seconds())
+        # time_to_live=-1: never expire, so a long timer's leg cannot age out while invisible
+        await queue.send_message(data, visibility_timeout=seconds, time_to_live=-1)
         if self.on_enqueue is not None and not seconds:
             self.on_enqueue(queue.queue_name)
 
@@ -404,6 +417,10 @@ class AzureBackend(Backend):
                 private.drop_keys.append(private.inbox_keys.pop(message.id))
             else:
                 fresh.append(message)
+        if not fresh and not messages:
+            # Nothing to apply, so no step will commit (and delete) these: consumed copies and
+            # malformed rows would stay, and the sweep would wake the instance for them forever.
+            await self._delete_rows(instance_id, [k for k in private.drop_keys if k.startswith("i-")])
         private.overflow = len(fresh) > _INBOX_PER_STEP
         fresh = fresh[:_INBOX_PER_STEP]
         events: list[Event] = []
@@ -429,6 +446,15 @@ class AzureBackend(Backend):
             inbox=fresh + list(messages or ()),
             etag=private,
         )
+
+    async def _delete_rows(self, instance_id: str, keys: list[str]) -> None:
+        """Delete rows of one partition one by one (a row already gone is fine)."""
+
+        async def delete(key: str) -> None:
+            with contextlib.suppress(ResourceNotFoundError):
+                await self.history.delete_entity(instance_id, key)
+
+        await asyncio.gather(*(delete(k) for k in keys))
 
     async def _row_data(self, entity: dict[str, Any]) -> Any:
         if entity.get("Blob"):
@@ -478,14 +504,14 @@ class AzureBackend(Backend):
         step_id = uuid.uuid4().hex
         outbox = r.Outbox(step_id, queued, list(step.messages), project)
         if outbox.activities or outbox.messages or outbox.project:
-            ops.append(("create", self._outbox_entity(iid, r.outbox_key(step_id), outbox, now)))
+            ops.append(("create", await self._outbox_entity(iid, r.outbox_key(step_id), outbox, now)))
         else:
             outbox = None  # type: ignore[assignment]
         if local:
             key = r.outbox_key(step_id) + _LOCAL
             kept = r.Outbox(step_id, local, [], False)
             due = now + self.options.work_item_queue_visibility_timeout
-            ops.append(("create", self._outbox_entity(iid, key, kept, due)))
+            ops.append(("create", await self._outbox_entity(iid, key, kept, due)))
             local_rows[key] = {(a.execution_id, a.task_id) for a in local}
 
         props = await self._text_props(iid, rec, (loaded.record, private.sentinel))
@@ -528,7 +554,13 @@ class AzureBackend(Backend):
             self._known.move_to_end(iid)
             while len(self._known) > _KNOWN_MAX:
                 self._known.popitem(last=False)
-        self.fault.check("commit.after")
+        try:
+            self.fault.check("commit.after")
+        except BaseException:
+            if reserve is not None:  # never started: free their slots (the sweep re-queues them)
+                for _ in local:
+                    reserve.release()
+            raise
         if local and reserve is not None:
             reserve.start(local)
         if outbox is not None:
@@ -536,8 +568,16 @@ class AzureBackend(Backend):
         if private.overflow:
             await self._enqueue(self.control_queue_for(iid), {"i": iid})
 
-    def _outbox_entity(self, iid: str, key: str, outbox: r.Outbox, due: datetime) -> dict[str, Any]:
-        return {"PartitionKey": iid, "RowKey": key, "DueAt": due, **r.pack(outbox.to_json())}
+    async def _outbox_entity(self, iid: str, key: str, outbox: r.Outbox, due: datetime) -> dict[str, Any]:
+        """The outbox row (its content in a blob when it would crowd the transaction)."""
+        entity: dict[str, Any] = {"PartitionKey": iid, "RowKey": key, "DueAt": due}
+        value = outbox.to_json()
+        data = orjson.dumps(value)
+        if len(data) > r.MAX_OUTBOX_BYTES:
+            entity["Blob"] = await self._put_blob(iid, data)
+        else:
+            entity.update(r.pack(value))
+        return entity
 
     def forget(self, instance_id: str) -> None:
         """Drop what this process remembers of an instance's last commit."""
@@ -561,7 +601,9 @@ class AzureBackend(Backend):
     ) -> list[tuple[Any, ...]]:
         """Rows (create ops) holding ``events``, split under the entity and transaction limits."""
         data = orjson.dumps(events)
-        if len(data) > r.MAX_TXN_BYTES:
+        sizes = [len(orjson.dumps(e)) for e in events] if len(data) > r.MAX_ROW_BYTES else []
+        if len(data) > r.MAX_TXN_BYTES or any(size > r.MAX_ROW_BYTES for size in sizes):
+            # too big for the transaction, or one event alone too big for an entity
             blob = await self._put_blob(iid, data)
             entity = {"PartitionKey": iid, "RowKey": r.history_key(execution_id, first), "Blob": blob}
             return [("create", entity)]
@@ -577,7 +619,7 @@ class AzureBackend(Backend):
         while start < len(events):
             end, size = start, 0
             while end < len(events):
-                event_size = len(orjson.dumps(events[end]))
+                event_size = sizes[end]
                 if end > start and size + event_size > r.MAX_ROW_BYTES:
                     break
                 size += event_size
@@ -649,7 +691,7 @@ class AzureBackend(Backend):
             for n, status in enumerate(sorted(s.value for s in query.statuses)):
                 parts.append(f"RuntimeStatus eq @s{n}")
                 params[f"s{n}"] = status
-            clauses.append("(" + " or ".join(parts) + ")")
+            clauses.append("(" + " or ".join(parts) + " )")  # "@s0)" would not be substituted
         if query.instance_id_prefix:
             clauses.append("PartitionKey ge @p0 and PartitionKey lt @p1")
             params["p0"] = query.instance_id_prefix
@@ -669,16 +711,21 @@ class AzureBackend(Backend):
         return QueryPage(records, records[-1].instance_id if more else None)
 
     async def purge_instance(self, instance_id: str) -> int:
+        # delete_entity does not report a missing row (azure-data-tables 12): look first
         try:
-            await self.instances.delete_entity(instance_id, "")
+            await self.instances.get_entity(instance_id, "", select=["RowKey"])
+            found = True
         except ResourceNotFoundError:
-            return 0
+            found = False
         keys = [
             e["RowKey"]
             async for e in self.history.query_entities(
                 "PartitionKey eq @pk", parameters={"pk": instance_id}, select=["RowKey"]
             )
         ]
+        if not found and r.SENTINEL not in keys:
+            return 0
+        await self.instances.delete_entity(instance_id, "")
         for start in range(0, len(keys), r.MAX_TXN_OPS):
             chunk = keys[start : start + r.MAX_TXN_OPS]
             await self.history.submit_transaction(
@@ -701,10 +748,10 @@ class AzureBackend(Backend):
         now = self.clock.now()
         cutoff = now - self.repair_after
         flt = (
-            "(RowKey ge 'i-' and RowKey lt 'j' and Timestamp le @cutoff)"
-            " or (RowKey ge 'o-' and RowKey lt 'p' and DueAt le @cutoff)"
-            " or (RowKey eq 'sentinel' and CheckAt le @now)"
-        )
+            "(RowKey ge 'i-' and RowKey lt 'j' and Timestamp le @cutoff )"
+            " or (RowKey ge 'o-' and RowKey lt 'p' and DueAt le @cutoff )"
+            " or (RowKey eq 'sentinel' and CheckAt le @now )"
+        )  # the SDK substitutes @name only as a whole space-separated word: no ")" attached
         repairs = 0
         woken: set[str] = set()
         params = {"now": now, "cutoff": cutoff}
@@ -712,7 +759,7 @@ class AzureBackend(Backend):
             iid = entity["PartitionKey"]
             key = entity["RowKey"]
             if key.startswith("o-"):
-                outbox = r.Outbox.from_json(key[2:].removesuffix(_LOCAL), r.unpack(entity))
+                outbox = r.Outbox.from_json(key[2:].removesuffix(_LOCAL), await self._row_data(entity))
                 log.info("repair: re-dispatching outbox %s of %s", key, iid)
                 if key.endswith(_LOCAL):  # its activities never answered: queue them, keep the row
                     await asyncio.gather(*(self.enqueue_activity(a) for a in outbox.activities))
@@ -755,8 +802,13 @@ class AzureBackend(Backend):
                 scheduled.pop(event.get("TaskScheduledId", -1), None)
             elif event["EventType"] == EventType.TimerFired:
                 scheduled.pop(event.get("TimerId", -1), None)
+        private: _Loaded = loaded.etag
+        # activities of an in-process outbox row are repaired through that row
+        covered = {t for tasks in private.local_rows.values() for _x, t in tasks}
         count = 0
         for task_id, event in scheduled.items():
+            if event["EventType"] == EventType.TaskScheduled and task_id in covered:
+                continue
             if event["EventType"] == EventType.TimerCreated:
                 fire_at = h.parse_timestamp(event["FireAt"])
                 if fire_at <= now:

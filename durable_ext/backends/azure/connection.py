@@ -10,6 +10,7 @@ service, shared by every caller, and can count the HTTP requests each makes.
 from __future__ import annotations
 
 import os
+from base64 import b64decode
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -93,6 +94,33 @@ class StorageCallCounter:
 
     def __repr__(self) -> str:
         return f"StorageCallCounter({self.counts}, total={self.total})"
+
+
+# --------------------------------------------------------------------------- base64 queue bodies
+
+
+class LenientBase64DecodePolicy(TextBase64DecodePolicy):
+    """Base64 bodies as the Functions host writes them; a body that is not base64 (or not UTF-8
+    inside) is handed over as it is instead of failing the whole receive it came with."""
+
+    def decode(self, content: str, response: Any) -> str:
+        try:
+            return b64decode(content.encode("utf-8"), validate=True).decode("utf-8")
+        except (ValueError, TypeError):  # binascii.Error and UnicodeDecodeError are ValueErrors
+            return content
+
+
+class _Base64QueueService(QueueServiceClient):
+    """A QueueServiceClient whose queue clients read and write base64 bodies.
+
+    ``QueueServiceClient.get_queue_client`` does not pass the service's message policies on,
+    so they are given to every queue client here.
+    """
+
+    def get_queue_client(self, queue: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("message_encode_policy", TextBase64EncodePolicy())
+        kwargs.setdefault("message_decode_policy", LenientBase64DecodePolicy())
+        return super().get_queue_client(queue, **kwargs)
 
 
 # --------------------------------------------------------------------------- the connection
@@ -193,12 +221,8 @@ class StorageConnection:
         """The account's async QueueServiceClient, created on first use and then shared."""
         if self._queue is None:
             # base64 bodies, as the Functions host's queue trigger expects by default
-            self._queue = QueueServiceClient(
-                self.queue_url,
-                credential=self.credential,
-                message_encode_policy=TextBase64EncodePolicy(),
-                message_decode_policy=TextBase64DecodePolicy(),
-                **self._kwargs("queue"),
+            self._queue = _Base64QueueService(
+                self.queue_url, credential=self.credential, **self._kwargs("queue")
             )
         return self._queue
 

@@ -29,11 +29,21 @@ from ...core.status import OrchestrationRuntimeStatus as Status
 SENTINEL = "sentinel"
 CHUNK = 64 * 1024 - 1  # bytes per binary property
 MAX_ROW_BYTES = 900 * 1024  # stay under the 1 MB entity limit with room for keys
-MAX_TXN_BYTES = 3 * 1024 * 1024  # under the 4 MB entity-group transaction limit
+# The 4 MiB transaction limit counts the request body, where binary properties are base64
+# (4/3 bigger): 2 MiB of history plus the outbox rows and the sentinel stay well under it.
+MAX_TXN_BYTES = 2 * 1024 * 1024
+MAX_OUTBOX_BYTES = 128 * 1024  # a bigger outbox row is stored as a blob
 MAX_TXN_OPS = 100
 QUEUE_INLINE_LIMIT = 45 * 1024  # queue messages are 64 KB; base64 and headroom
-PROPERTY_TEXT_LIMIT = 30 * 1024  # characters kept in a string property (64 KB UTF-16)
+PROPERTY_TEXT_LIMIT = 30 * 1024  # UTF-16 units kept in a string property (limit: 32K units, 64 KB)
 DEDUPE_IDS = 512  # consumed inbox message ids remembered in the sentinel
+
+
+def utf16_len(text: str) -> int:
+    """Length of ``text`` in UTF-16 code units, as Table storage counts a string property."""
+    if len(text) * 2 <= PROPERTY_TEXT_LIMIT:
+        return len(text)  # even if every character needed two units
+    return len(text.encode("utf-16-le")) // 2
 
 
 def history_key(execution_id: str, first_event: int) -> str:
@@ -132,7 +142,9 @@ def message_to_json(message: Message) -> dict[str, Any]:
 
 
 def message_from_json(data: dict[str, Any]) -> Message:
-    """Inverse of ``message_to_json``; raises KeyError/TypeError on malformed data."""
+    """Inverse of ``message_to_json``; raises KeyError/TypeError/ValueError on malformed data."""
+    if not isinstance(data, dict):
+        raise TypeError("a message must be a JSON object")
     at = data.get("at")
     event = data["e"]
     if not isinstance(event, dict) or "EventType" not in event:
@@ -159,7 +171,9 @@ def activity_to_json(request: ActivityRequest) -> dict[str, Any]:
 
 
 def activity_from_json(data: dict[str, Any]) -> ActivityRequest:
-    """Inverse of ``activity_to_json``."""
+    """Inverse of ``activity_to_json``; raises KeyError/TypeError/ValueError on malformed data."""
+    if not isinstance(data, dict):
+        raise TypeError("a work item must be a JSON object")
     return ActivityRequest(
         instance_id=str(data["i"]),
         execution_id=data.get("x"),

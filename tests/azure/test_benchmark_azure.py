@@ -1,0 +1,56 @@
+"""The Azure Storage benchmark script runs end to end on Azurite and prints its figures.
+
+No timing is asserted: the figures depend on the machine. The script itself
+exits non-zero when an instance does not complete with the right output.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "azure.py"
+
+#: Figures every run prints, whatever the platform.
+FIGURES = [
+    "sequential_activities_per_s",
+    "fanout_activities_per_s",
+    "instances_per_s",
+    "storage_ops_per_activity",
+    "storage_ops_per_activity_table",
+    "storage_ops_per_activity_queue",
+    "storage_ops_per_activity_blob",
+    "idle_storage_calls_per_min",
+]
+
+
+def _figures(output: str) -> dict[str, float]:
+    """The ``name: value`` lines of the output as numbers (comment lines skipped)."""
+    figures: dict[str, float] = {}
+    for line in output.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, sep, value = line.partition(": ")
+        assert sep, f"not a 'name: value' line: {line!r}"
+        figures[name] = float(value)
+    return figures
+
+
+def test_quick_benchmark_prints_every_figure() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=SCRIPT.parents[1],
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    figures = _figures(proc.stdout)
+    missing = [name for name in FIGURES if name not in figures]
+    assert not missing, f"missing figures {missing} in:\n{proc.stdout}"
+    for name in FIGURES:
+        assert math.isfinite(figures[name]) and figures[name] >= 0, (name, figures[name])
+    targets = [line for line in proc.stdout.splitlines() if line.startswith("# target ")]
+    assert len(targets) == 5, proc.stdout
