@@ -8,11 +8,16 @@ instead of through the extension's HTTP API.
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote, urlsplit
+
+import azure.functions as func
+import orjson
 
 from .backends.base import Backend, InstanceQuery
 from .clock import Clock
@@ -23,6 +28,7 @@ from .core.serialization import from_json, to_json
 from .core.status import OrchestrationRuntimeStatus as Status
 
 MAX_INSTANCE_ID_LENGTH = 256
+DEFAULT_MANAGEMENT_BASE_PATH = "/api/durabletask/"
 _FORBIDDEN = set("/\\#?")
 
 
@@ -100,8 +106,23 @@ class PurgeHistoryResult:
     instances_deleted: int
 
 
+@dataclass
+class OrchestrationStatusQueryResult:
+    """One page of a status query and the token for the next page (``None`` on the last)."""
+
+    statuses: list[DurableOrchestrationStatus]
+    continuation_token: str | None = None
+
+
 class DurableOrchestrationClient:
     """Starts and manages orchestration instances in one task hub."""
+
+    #: Path of the management HTTP API (``durable_ext.http_api``) on the app's host.
+    management_base_path: str = DEFAULT_MANAGEMENT_BASE_PATH
+    #: Function key the management URLs carry as ``code=`` (``None``: anonymous API).
+    management_function_key: str | None = None
+    #: Absolute base URL of the management API for payloads built without a request.
+    management_base_url: str | None = None
 
     def __init__(self, backend: Backend, clock: Clock | None = None) -> None:
         self._backend = backend
@@ -246,6 +267,128 @@ class DurableOrchestrationClient:
                 raise TimeoutError(f"instance '{instance_id}' still {state} after {timeout}s")
             await asyncio.sleep(poll_interval)
 
+    async def list_instances(
+        self,
+        created_time_from: datetime | None = None,
+        created_time_to: datetime | None = None,
+        runtime_status: Iterable[Status] | None = None,
+        instance_id_prefix: str | None = None,
+        page_size: int = 100,
+        continuation_token: str | None = None,
+        show_input: bool = True,
+    ) -> OrchestrationStatusQueryResult:
+        """One page of the instances matching all conditions (the .NET client's ``ListInstancesAsync``).
+
+        Pass the returned ``continuation_token`` back to get the next page; a
+        page may hold fewer than ``page_size`` instances even when more follow.
+        """
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        query = InstanceQuery(
+            _as_utc(created_time_from),
+            _as_utc(created_time_to),
+            frozenset(runtime_status) if runtime_status else None,
+            instance_id_prefix or None,
+            page_size=page_size,
+            continuation=continuation_token or None,
+        )
+        page = await self._backend.query_instances(query)
+        statuses = [DurableOrchestrationStatus.from_record(r, show_input) for r in page.records]
+        return OrchestrationStatusQueryResult(statuses, page.continuation)
+
+    def create_http_management_payload(self, instance_id: str, base_url: str | None = None) -> dict[str, str]:
+        """The management URLs of an instance, as the check-status payload lists them.
+
+        ``base_url`` is the absolute URL of the management API, e.g.
+        ``https://app.example/api/durabletask/``; a query string on it (say
+        ``?code=KEY``) is appended to every URL. Without it: ``management_base_url``,
+        else ``https://$WEBSITE_HOSTNAME`` (``http://localhost:7071`` locally) plus
+        ``management_base_path`` and the ``management_function_key``.
+        """
+        validate_instance_id(instance_id)
+        if base_url is None:
+            base_url = self.management_base_url or self._management_base(_default_origin())
+        parts = urlsplit(base_url)
+        prefix = base_url.split("?", 1)[0].split("#", 1)[0]
+        if not prefix.endswith("/"):
+            prefix += "/"
+        query = parts.query
+        tail = f"?{query}" if query else ""  # after a path
+        more = f"&{query}" if query else ""  # after ?reason={text}
+        instance = f"{prefix}instances/{quote(instance_id, safe='')}"
+        return {
+            "id": instance_id,
+            "statusQueryGetUri": instance + tail,
+            "sendEventPostUri": f"{instance}/raiseEvent/{{eventName}}{tail}",
+            "terminatePostUri": f"{instance}/terminate?reason={{text}}{more}",
+            "rewindPostUri": f"{instance}/rewind?reason={{text}}{more}",
+            "purgeHistoryDeleteUri": instance + tail,
+            "restartPostUri": f"{instance}/restart{tail}",
+            "suspendPostUri": f"{instance}/suspend?reason={{text}}{more}",
+            "resumePostUri": f"{instance}/resume?reason={{text}}{more}",
+        }
+
+    def create_check_status_response(self, request: func.HttpRequest, instance_id: str) -> func.HttpResponse:
+        """HTTP 202 with ``Location``, ``Retry-After`` and the management URLs of the instance.
+
+        The URLs use the scheme and host of ``request`` (as the official SDK
+        does) and the ``management_base_path`` of this client.
+        """
+        parts = urlsplit(request.url)
+        payload = self.create_http_management_payload(
+            instance_id, self._management_base(f"{parts.scheme}://{parts.netloc}")
+        )
+        return func.HttpResponse(
+            body=orjson.dumps(payload),
+            status_code=202,
+            headers={"Location": payload["statusQueryGetUri"], "Retry-After": "10"},
+            mimetype="application/json",
+            charset="utf-8",
+        )
+
+    async def wait_for_completion_or_create_check_status_response(
+        self,
+        request: func.HttpRequest,
+        instance_id: str,
+        timeout_in_milliseconds: int = 10000,
+        retry_interval_in_milliseconds: int = 1000,
+    ) -> func.HttpResponse:
+        """Wait up to the timeout for the instance to finish, then answer as the official SDK does.
+
+        Completed: 200 with the output; Terminated or Canceled: 200 with the
+        status; Failed: 500 with the status; still running at the timeout: the
+        check-status response (202).
+        """
+        if retry_interval_in_milliseconds > timeout_in_milliseconds:
+            raise ValueError(
+                f"Total timeout {timeout_in_milliseconds} (ms) should be bigger than "
+                f"retry timeout {retry_interval_in_milliseconds} (ms)"
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_in_milliseconds / 1000
+        while True:
+            status = await self.get_status(instance_id)
+            if status is not None:
+                state = status.runtime_status
+                if state == Status.Completed:
+                    return _json_response(200, status.output)
+                if state in (Status.Terminated, Status.Canceled):
+                    return _json_response(200, status.to_json())
+                if state == Status.Failed:
+                    return _json_response(500, status.to_json())
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return self.create_check_status_response(request, instance_id)
+            await asyncio.sleep(min(retry_interval_in_milliseconds / 1000, remaining))
+
+    def _management_base(self, origin: str) -> str:
+        """The management API's base URL on ``origin``, with ``code=`` when a key is set."""
+        path = "/" + self.management_base_path.strip("/") + "/"
+        base = origin.rstrip("/") + path.replace("//", "/")
+        if self.management_function_key:
+            base += "?code=" + quote(self.management_function_key, safe="")
+        return base
+
     async def _require(self, instance_id: str) -> InstanceRecord:
         validate_instance_id(instance_id)
         record = await self._backend.get_instance(instance_id)
@@ -267,3 +410,15 @@ def _as_utc(value: datetime | None) -> datetime | None:
 
 def _without_payloads(event: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in event.items() if k not in ("Input", "Result")}
+
+
+def _default_origin() -> str:
+    """The app's public origin as the Functions host knows it (``WEBSITE_HOSTNAME``)."""
+    host = os.environ.get("WEBSITE_HOSTNAME")
+    return f"https://{host}" if host else "http://localhost:7071"
+
+
+def _json_response(status_code: int, value: Any) -> func.HttpResponse:
+    return func.HttpResponse(
+        body=orjson.dumps(value), status_code=status_code, mimetype="application/json", charset="utf-8"
+    )
