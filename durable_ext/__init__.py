@@ -9,6 +9,7 @@ from .core.context import DurableOrchestrationContext
 from .core.errors import (
     DurableError,
     InstanceAlreadyExistsError,
+    InstanceNotFailedError,
     InstanceNotFoundError,
     InvalidInstanceIdError,
     NonDeterministicOrchestrationError,
@@ -32,6 +33,7 @@ __all__ = [
     "DurableOrchestrationStatus",
     "EventType",
     "InstanceAlreadyExistsError",
+    "InstanceNotFailedError",
     "InstanceNotFoundError",
     "InvalidInstanceIdError",
     "NonDeterministicOrchestrationError",

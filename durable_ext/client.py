@@ -22,7 +22,7 @@ import orjson
 from .backends.base import Backend, InstanceQuery
 from .clock import Clock
 from .core import history as h
-from .core.errors import InstanceNotFoundError, InvalidInstanceIdError
+from .core.errors import InstanceNotFailedError, InstanceNotFoundError, InvalidInstanceIdError
 from .core.runtime import InstanceRecord, Message, start_message
 from .core.serialization import from_json, to_json
 from .core.status import OrchestrationRuntimeStatus as Status
@@ -227,6 +227,21 @@ class DurableOrchestrationClient:
         """Resume a suspended instance."""
         record = await self._require(instance_id)
         await self._send(record, h.execution_resumed(h.format_timestamp(self._clock.now()), reason))
+
+    async def rewind(self, instance_id: str, reason: str) -> None:
+        """Rewind a Failed instance: retry its failed activities and sub-orchestrations.
+
+        Results of the calls that succeeded are kept; the instance runs again
+        as a new execution and ``reason`` is recorded in its history. Raises
+        InstanceNotFoundError for an unknown id and InstanceNotFailedError for
+        an instance that is not Failed.
+        """
+        record = await self._require(instance_id)
+        if record.status != Status.Failed:
+            raise InstanceNotFailedError(
+                f"only failed instances can be rewound; '{instance_id}' is {record.status.value}"
+            )
+        await self._send(record, h.execution_rewound(h.format_timestamp(self._clock.now()), reason))
 
     async def restart(self, instance_id: str, restart_with_new_instance_id: bool = True) -> str:
         """Start the instance's orchestrator again with its original input."""

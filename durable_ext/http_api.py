@@ -19,7 +19,7 @@ start with ``admin`` and ``runtime``)::
     POST   instances/{instanceId}/suspend?reason=          suspend    202 | 404 | 410
     POST   instances/{instanceId}/resume?reason=           resume     202 | 404 | 410
     POST   instances/{instanceId}/restart                  restart    202 | 404 | 409
-    POST   instances/{instanceId}/rewind?reason=           rewind     404 | 410 | 501 (not implemented)
+    POST   instances/{instanceId}/rewind?reason=           rewind     202 | 404 | 410
 
 ``ManagementApi.handle`` takes an ``ApiRequest`` and returns an ``ApiResponse``;
 ``aiohttp_app`` serves it with aiohttp, ``from_func_request`` and
@@ -57,6 +57,7 @@ from .client import (
 )
 from .core.errors import (
     InstanceAlreadyExistsError,
+    InstanceNotFailedError,
     InstanceNotFoundError,
     InvalidInstanceIdError,
     SerializationError,
@@ -219,6 +220,8 @@ class ManagementApi:
             return error_response(404, str(exc))
         except InstanceAlreadyExistsError as exc:
             return error_response(409, str(exc))
+        except InstanceNotFailedError as exc:
+            return error_response(410, str(exc))
         except SerializationError as exc:
             return error_response(400, str(exc))
         except Exception:
@@ -415,11 +418,8 @@ class ManagementApi:
                 410,
                 f"only failed instances can be rewound; '{instance_id}' is {status.runtime_status.value}",
             )
-        raise ApiError(
-            501,
-            "rewind is not implemented by durable_ext yet; restart the instance instead "
-            "(POST instances/{instanceId}/restart runs it again from the start with its input)",
-        )
+        await self.client.rewind(instance_id, call.query.get("reason") or "")
+        return ApiResponse(202)
 
     # ------------------------------------------------------------------ helpers
 

@@ -78,6 +78,47 @@ def echo(context: df.DurableOrchestrationContext):
     return context.get_input()
 
 
+#: Instance ids whose ``needs_fix`` activity fails until the test removes them.
+BROKEN: set[str] = set()
+
+
+@app.activity_trigger(input_name="key")
+def needs_fix(key: str) -> str:
+    if key in BROKEN:
+        raise RuntimeError(f"{key} is broken")
+    return f"{key} fixed"
+
+
+@app.orchestration_trigger(context_name="context")
+def rewindable(context: df.DurableOrchestrationContext):
+    greeting = yield context.call_activity("say_hello", "Oslo")
+    fixed = yield context.call_activity("needs_fix", context.instance_id)
+    return [greeting, fixed]
+
+
+async def rewound(env: DurableTestEnv, instance_id: str, previous: str) -> df.DurableOrchestrationStatus:
+    """Run until a rewound instance finished its new execution."""
+
+    async def check() -> df.DurableOrchestrationStatus | None:
+        record = await env.backend.get_instance(instance_id)
+        if record is None or record.execution_id == previous or not record.status.is_terminal:
+            return None
+        return await env.client.get_status(instance_id)
+
+    return await env._drive(check, 30.0, True, f"rewind of '{instance_id}'")
+
+
+async def failed_rewindable(env: DurableTestEnv, instance_id: str) -> str:
+    """Start ``rewindable`` broken, wait until it failed, fix it; returns the failed execution id."""
+    BROKEN.add(instance_id)
+    await env.client.start_new("rewindable", instance_id)
+    assert (await env.wait_for_completion(instance_id)).runtime_status == Status.Failed
+    BROKEN.discard(instance_id)
+    record = await env.backend.get_instance(instance_id)
+    assert record is not None
+    return record.execution_id
+
+
 PAYLOAD_KEYS = {
     "id",
     "statusQueryGetUri",
@@ -449,14 +490,23 @@ async def test_restart(served: Served) -> None:
     )
 
 
-async def test_rewind_is_reported_as_not_implemented(served: Served) -> None:
-    failed = await served.start("failing")
-    await served.env.wait_for_completion(failed)
-    assert_error(await served.call("POST", f"instances/{failed}/rewind?reason=fixed"), 501, "not implemented")
+async def test_rewind(served: Served) -> None:
+    env = served.env
+    previous = await failed_rewindable(env, "rw-http")
+    reply = await served.call("POST", "instances/rw-http/rewind?reason=fixed%20it")
+    assert reply.status == 202, reply.raw
+    done = await rewound(env, "rw-http", previous)
+    assert done.runtime_status == Status.Completed
+    assert done.output == ["Hello Oslo!", "rw-http fixed"]
+    history = await env.backend.get_history("rw-http")
+    assert [e.get("Reason") for e in history if e.get("Name") == "ExecutionRewound"] == ["fixed it"]
+    # the instance is Completed now: a second rewind is refused
+    assert_error(await served.call("POST", "instances/rw-http/rewind?reason=again"), 410, "only failed")
     done = await served.start("echo", 1)
     await served.env.wait_for_completion(done)
     assert_error(await served.call("POST", f"instances/{done}/rewind"), 410, "only failed")
     assert_error(await served.call("POST", "instances/ghost/rewind"), 404, "ghost")
+    assert_error(await served.call("GET", "instances/rw-http/rewind"), 405)
 
 
 async def test_purge_one(served: Served) -> None:
@@ -797,10 +847,12 @@ async def test_official_client_restart_and_rewind(
     with pytest.raises(Exception, match="No instance"):
         await sdk.restart("ghost")
 
-    failed = await sdk.start_new("failing")
-    await env.wait_for_completion(failed)
-    with pytest.raises(Exception, match="rewind is not implemented"):
-        await sdk.rewind(failed, "fixed")
+    previous = await failed_rewindable(env, "sdk-rw")
+    await sdk.rewind("sdk-rw", "fixed")
+    done = await rewound(env, "sdk-rw", previous)
+    assert done.runtime_status == Status.Completed and done.output == ["Hello Oslo!", "sdk-rw fixed"]
+    with pytest.raises(Exception, match="only supported on failed"):
+        await sdk.rewind("sdk-rw", "again")  # 410: Completed now
     with pytest.raises(Exception, match="only supported on failed"):
         await sdk.rewind("sdk-r", "fixed")  # 410
     with pytest.raises(Exception, match="No instance"):

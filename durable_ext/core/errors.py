@@ -61,6 +61,10 @@ class InstanceNotFoundError(DurableError, LookupError):
     """No instance with that id exists in the task hub."""
 
 
+class InstanceNotFailedError(DurableError):
+    """Only a Failed instance can be rewound; this one is in another state."""
+
+
 class InstanceAlreadyExistsError(DurableError):
     """An instance with that id is running and may not be started again."""
 

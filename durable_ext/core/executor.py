@@ -21,7 +21,15 @@ from typing import Any
 
 from .actions import RECORDED_AS, Action, ActionType
 from .errors import NonDeterministicOrchestrationError, SerializationError, TaskFailedError
-from .history import Event, EventType, describe, failure_details, format_timestamp, parse_timestamp
+from .history import (
+    Event,
+    EventType,
+    describe,
+    failure_details,
+    format_timestamp,
+    is_rewind,
+    parse_timestamp,
+)
 from .serialization import from_json, to_json
 from .tasks import AtomicTask, Task, TimerTask
 
@@ -78,6 +86,9 @@ class OrchestrationExecutor:
         self.name: str = getattr(fn, "__name__", "orchestrator")
         self.execution_id: str | None = None
         self.parent: dict[str, Any] | None = None
+        #: Executions this one was rewound from: id -> task ids still open at the rewind
+        #: (their late completions are still taken; those of rewound tasks are not).
+        self.previous_executions: dict[str, set[int]] = {}
         self.input_json: str | None = None
         self.is_replaying = False
         self.events_processed = 0
@@ -120,6 +131,7 @@ class OrchestrationExecutor:
             _ET.ExecutionTerminated: self._on_terminated,
             _ET.ExecutionSuspended: self._on_suspended,
             _ET.ExecutionResumed: self._on_resumed,
+            _ET.GenericEvent: self._on_generic,
         }
 
     # ------------------------------------------------------------------ feeding
@@ -314,6 +326,14 @@ class OrchestrationExecutor:
         self.pending_actions.clear()
         if self._gen is not None:
             self._gen.close()
+
+    def _on_generic(self, event: Event) -> None:
+        if not is_rewind(event) or not event.get("Data"):
+            return
+        data = from_json(event["Data"]) or {}
+        previous = data.get("previousExecutionId")
+        if previous:
+            self.previous_executions[previous] = set(data.get("reopenedTasks") or ())
 
     def _on_suspended(self, event: Event) -> None:
         self.suspended = True

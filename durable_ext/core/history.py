@@ -250,6 +250,39 @@ def event_raised(timestamp: str, name: str, input_json: str | None) -> Event:
     return _event(EventType.EventRaised, -1, timestamp, Name=name, Input=input_json)
 
 
+#: ``Name`` of the ``GenericEvent`` that asks for, and then marks, a rewind.
+REWIND = "ExecutionRewound"
+
+
+def execution_rewound(
+    timestamp: str,
+    reason: str | None,
+    parent: dict[str, Any] | None = None,
+    data: str | None = None,
+) -> Event:
+    """A rewind: as a message, the request; in history, the marker of what was rewound.
+
+    A ``GenericEvent`` named ``ExecutionRewound`` (DTFx marks rewound events as
+    generic events too). ``parent`` re-links a rewound sub-orchestration to its
+    parent's new execution; ``data`` (JSON text, in history only) names the
+    previous execution and the rewound and reopened task ids.
+    """
+    return _event(
+        EventType.GenericEvent,
+        -1,
+        timestamp,
+        Name=REWIND,
+        Reason=reason,
+        ParentInstance=parent,
+        Data=data,
+    )
+
+
+def is_rewind(event: Event) -> bool:
+    """Whether ``event`` is a rewind request or marker."""
+    return event.get("EventType") == EventType.GenericEvent and event.get("Name") == REWIND
+
+
 def event_name(event: Event) -> str:
     """The event type's name of an event dict (for messages and errors)."""
     try:

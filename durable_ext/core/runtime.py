@@ -21,7 +21,7 @@ from .errors import NonDeterministicOrchestrationError
 from .executor import OrchestrationExecutor, exception_failure
 from .history import Event, EventType
 from .registry import Registry, UnknownFunctionError
-from .serialization import to_json
+from .serialization import from_json, to_json
 from .status import OrchestrationRuntimeStatus as Status
 
 
@@ -86,6 +86,8 @@ class StepResult:
     activities: list[ActivityRequest] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
     executor: OrchestrationExecutor | None = None
+    #: The ``ExecutionRewound`` marker of a rewind step (``None`` otherwise).
+    rewind_marker: Event | None = None
 
     @property
     def changed(self) -> bool:
@@ -165,6 +167,20 @@ def run_step(
         elif not same:
             _reject_start(start, result, stamp)
 
+    rewinds = [m for m in others if h.is_rewind(m.event)]
+    prefix: list[Event] = []  # a rewind's rewritten history, before this episode
+    if rewinds:
+        others = [m for m in others if not h.is_rewind(m.event)]
+        request = next((m for m in rewinds if m.execution_id in (None, rec.execution_id)), None)
+        if request is not None and rec.status == Status.Failed and not started_fresh:
+            rewound = _rewind(registry, result, history, request, now)
+            if rewound is None:  # unknown orchestrator, or a history that no longer replays
+                _report_again(request, rec, result, now)
+                return result
+            executor, prefix = rewound
+        elif rec.status.is_terminal and not started_fresh:
+            for message in rewinds:
+                _report_again(message, rec, result, now)
     if rec.status.is_terminal and not started_fresh:
         return result  # a finished execution takes no more messages
 
@@ -181,11 +197,15 @@ def run_step(
             return _fail_outright(result, others, stamp, now, exc, executor.parent)
 
     episode: list[Event] = [h.orchestrator_started(stamp)]
+    if prefix:
+        episode.append(result.rewind_marker or {})
     completed: set[int] = set()  # task ids completed in this episode: copies in the same batch
     for message in others:
-        if message.execution_id is not None and message.execution_id != rec.execution_id:
-            continue  # a completion meant for an earlier execution
         event = message.event
+        if message.execution_id is not None and message.execution_id != rec.execution_id:
+            reopened = executor.previous_executions.get(message.execution_id)
+            if reopened is None or _completed_task(event) not in reopened:
+                continue  # a completion meant for an earlier execution
         if executor.accepts(event):
             task_id = _completed_task(event)
             if task_id is not None:
@@ -200,12 +220,16 @@ def run_step(
     try:
         executor.process(episode, replaying=False)
     except NonDeterministicOrchestrationError as exc:
-        return _fail_outright(result, others, stamp, now, exc, executor.parent)
+        failed = _fail_outright(result, others, stamp, now, exc, executor.parent)
+        failed.new_events = prefix + failed.new_events  # a rewind's history stays under its failure
+        return failed
 
     actions = executor.actions
     action_events = [_action_event(a, stamp) for a in actions]
     executor.process(action_events, replaying=False)
-    result.new_events = episode + action_events
+    result.new_events = prefix + episode + action_events
+    if prefix and not executor.is_done:
+        _redispatch(executor, prefix, rec, now, result)
     for action in actions:
         _dispatch(action, executor, rec, now, result)
 
@@ -379,3 +403,140 @@ def _fail_outright(
         parent = start.event.get("ParentInstance")
     _notify_parent(parent, False, None, failure, out, now)
     return out
+
+
+_SCHEDULING = (
+    EventType.TaskScheduled,
+    EventType.TimerCreated,
+    EventType.SubOrchestrationInstanceCreated,
+    EventType.EventSent,
+)
+_FAILURES = (EventType.TaskFailed, EventType.SubOrchestrationInstanceFailed)
+
+
+def _rewind(
+    registry: Registry,
+    out: StepResult,
+    history: list[Event] | Callable[[], list[Event]],
+    request: Message,
+    now: datetime,
+) -> tuple[OrchestrationExecutor, list[Event]] | None:
+    """Rewrite a Failed execution's history for a new execution; ``None`` if it cannot be rewound.
+
+    Failures that arrived after the last scheduling event (the ones the
+    orchestrator did not handle by scheduling more work) are dropped with the
+    final ``ExecutionCompleted``; their tasks become open again. The history
+    is copied under a new execution id and replayed by a fresh executor.
+    """
+    rec = out.record
+    events = history() if callable(history) else history
+    last_scheduled = max((i for i, e in enumerate(events) if e["EventType"] in _SCHEDULING), default=-1)
+    rewound: list[int] = []
+    refused: list[int] = []  # sub-orchestrations whose start was refused: start them again
+    previous = rec.execution_id
+    execution_id = new_id()
+    parent = request.event.get("ParentInstance")
+    rewritten: list[Event] = []
+    for i, event in enumerate(events):
+        kind = event["EventType"]
+        if kind == EventType.ExecutionCompleted:
+            continue
+        if kind in _FAILURES and i > last_scheduled:
+            rewound.append(event.get("TaskScheduledId", -1))
+            if (event.get("FailureDetails") or {}).get("ErrorType") == "InstanceAlreadyExists":
+                refused.append(event.get("TaskScheduledId", -1))
+            continue
+        if kind == EventType.ExecutionStarted:
+            event = dict(event)
+            instance = dict(event.get("OrchestrationInstance") or {})
+            instance["ExecutionId"] = execution_id
+            event["OrchestrationInstance"] = instance
+            if parent:
+                event["ParentInstance"] = parent
+        rewritten.append(event)
+    try:
+        executor = make_executor(registry, rec.name, rec.instance_id)
+        executor.process(rewritten, replaying=True)
+    except (UnknownFunctionError, NonDeterministicOrchestrationError):
+        return None
+    open_ids = [i for i in executor.open_tasks if i not in executor.pending_actions]
+    reopened = [i for i in open_ids if i not in rewound]
+    data = {
+        "previousExecutionId": previous,
+        "rewoundTasks": rewound,
+        "reopenedTasks": reopened,
+        "refusedStarts": refused,
+    }
+    marker = h.execution_rewound(h.format_timestamp(now), request.event.get("Reason"), parent, to_json(data))
+    executor.previous_executions[previous] = set(reopened)
+    out.rewind_marker = marker
+    out.reset_history = True
+    rec.execution_id = execution_id
+    rec.status = Status.Running
+    rec.output = None
+    rec.failure = None
+    if parent:
+        rec.parent_instance_id = (parent.get("OrchestrationInstance") or {}).get("InstanceId")
+    return executor, rewritten
+
+
+def _redispatch(
+    x: OrchestrationExecutor, rewritten: list[Event], rec: InstanceRecord, now: datetime, out: StepResult
+) -> None:
+    """Send again the work of every task a rewind left open, for the new execution.
+
+    Activities run again; timers are re-armed; a sub-orchestration is sent a
+    rewind linking it to this execution (a failed child rewinds, a finished
+    one reports its outcome again, a running one is unaffected and its late
+    answer to the old execution is still taken); a child whose start was
+    refused (``InstanceAlreadyExists``) is started again.
+    """
+    scheduled = {e.get("EventId"): e for e in rewritten if e["EventType"] in _SCHEDULING}
+    data = from_json((out.rewind_marker or {}).get("Data")) or {}
+    refused = set(data.get("refusedStarts") or ())
+    for task_id in sorted(x.open_tasks):
+        event = scheduled.get(task_id)
+        if event is None or task_id in x.pending_actions:
+            continue
+        kind = event["EventType"]
+        if kind == EventType.TaskScheduled:
+            out.activities.append(
+                ActivityRequest(
+                    rec.instance_id, rec.execution_id, task_id, event.get("Name", ""), event.get("Input")
+                )
+            )
+        elif kind == EventType.TimerCreated:
+            fire_at = event.get("FireAt") or h.format_timestamp(now)
+            due = h.parse_timestamp(fire_at)
+            fired = h.timer_fired(fire_at, task_id, fire_at)
+            out.messages.append(Message(rec.instance_id, fired, rec.execution_id, due))
+        elif kind == EventType.SubOrchestrationInstanceCreated:
+            link = {
+                "Name": rec.name,
+                "OrchestrationInstance": {"InstanceId": rec.instance_id, "ExecutionId": rec.execution_id},
+                "TaskScheduleId": task_id,
+            }
+            child = event.get("InstanceId", "")
+            if task_id in refused:
+                out.messages.append(
+                    start_message(child, event.get("Name", ""), event.get("Input"), now, parent=link)
+                )
+            else:
+                reason = (out.rewind_marker or {}).get("Reason")
+                request = h.execution_rewound(h.format_timestamp(now), reason, link)
+                out.messages.append(Message(child, request))
+
+
+def _report_again(message: Message, rec: InstanceRecord, out: StepResult, now: datetime) -> None:
+    """A finished child asked to rewind by its rewound parent: report its outcome again."""
+    parent = message.event.get("ParentInstance")
+    if not parent:
+        return
+    if rec.status == Status.Failed:  # it could not be rewound
+        failure = rec.failure or h.failure_details("Failed", "the sub-orchestration failed", None)
+        _notify_parent(parent, False, None, failure, out, now)
+    elif rec.status == Status.Completed:
+        _notify_parent(parent, True, rec.output, None, out, now)
+    elif rec.status == Status.Terminated:
+        failure = h.failure_details("Terminated", f"terminated: {rec.output}", None)
+        _notify_parent(parent, False, None, failure, out, now)

@@ -150,12 +150,12 @@ async def test_lost_timer_message_is_refired_by_the_sweep(hub: Hub) -> None:
     backend = hub.new_backend()
     try:
         async with hub.worker(backend, repair_interval=REPAIR_INTERVAL):
-            iid = await hub.client.start_new("timer_flow", client_input={"seconds": 2})
+            iid = await hub.client.start_new("timer_flow", client_input={"seconds": 5})
             created = await wait_for_event(hub.backend, iid, EventType.TimerCreated)
             assert await control_queue_counts(hub.backend, iid, (1, 0)) == (1, 0)  # the timer is sent
             await hub.backend.control_queue_for(iid).clear_messages()
             assert await control_queue_counts(hub.backend, iid, (0, 0)) == (0, 0)
-            status = await hub.client.wait_for_completion(iid, timeout=15)
+            status = await hub.client.wait_for_completion(iid, timeout=25)
             completed_at = backend.clock.now()
     finally:
         await backend.close()
