@@ -8,9 +8,31 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import azure.functions as func
+
 import durable_ext as df
 
 app = df.DurableApp()
+
+
+# ------------------------------------------------------------------ HTTP starter
+
+
+@app.route(route="orchestrators/{functionName}", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@app.durable_client_input(client_name="client")
+async def http_start(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    """Start the orchestrator named in the route with the JSON body as input; answer with its status URLs."""
+    body = req.get_body()
+    try:
+        value = req.get_json() if body.strip() else None
+    except ValueError:
+        return func.HttpResponse("the request body must be JSON", status_code=400)
+    name = req.route_params["functionName"]
+    if app.registry.find("orchestrator", name) is None:
+        return func.HttpResponse(f"no orchestrator named {name!r}", status_code=404)
+    instance_id = await client.start_new(name, None, value)
+    return client.create_check_status_response(req, instance_id)
+
 
 CITIES = ["Tokyo", "Seattle", "London"]
 
