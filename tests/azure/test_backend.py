@@ -60,3 +60,22 @@ async def test_retry_and_continue_as_new(worker: AzureWorker, client: DurableOrc
     monitor = await client.start_new("monitor", client_input={"interval_s": 1})
     assert (await client.wait_for_completion(retried, timeout=30)).output == "succeeded after 3 attempts"
     assert (await client.wait_for_completion(monitor, timeout=30)).output == {"checks": 3, "status": "done"}
+
+
+async def test_message_written_twice_is_applied_once(
+    worker: AzureWorker, client: DurableOrchestrationClient, backend: AzureBackend
+) -> None:
+    """A sender that re-dispatches after a crash writes a second inbox row of one message."""
+    from durable_ext.core import history as h
+    from durable_ext.core.runtime import Message
+
+    iid = await client.start_new("approval_workflow", client_input={"timeout_s": 60})
+    event = h.event_raised(h.format_timestamp(backend.clock.now()), "Approval", '"twice"')
+    message = Message(iid, event)
+    await backend._write_inbox(message)
+    await backend._write_inbox(message)  # same message id, another row
+    await backend._enqueue(backend.control_queue_for(iid), {"i": iid})
+    status = await client.wait_for_completion(iid, timeout=20)
+    assert status.output == "approved:twice"
+    history = (await client.get_status(iid, show_history=True)).history
+    assert sum(1 for e in history if e["EventType"] == 15) == 1  # one EventRaised

@@ -391,6 +391,10 @@ class AzureBackend(Backend):
                     log.warning("dropping malformed inbox row %s/%s", instance_id, key)
                     private.drop_keys.append(key)
                     continue
+                if message.id in private.inbox_keys:
+                    # a second row of one message (its sender re-dispatched after a crash)
+                    private.drop_keys.append(key)
+                    continue
                 inbox.append(message)
                 private.inbox_keys[message.id] = key
             elif key.startswith("o-") and key.endswith(_LOCAL):
@@ -482,7 +486,7 @@ class AzureBackend(Backend):
             for key, tasks in private.local_rows.items()
             if not any(x == rec.execution_id and t in open_now for x, t in tasks)
         ]
-        deletes = [*consumed, *private.drop_keys, *answered]
+        deletes = list(dict.fromkeys([*consumed, *private.drop_keys, *answered]))  # once each per batch
         if not (step.new_events or step.reset_history or deletes):
             return  # only duplicates arrived: nothing to write
         for key in deletes:
