@@ -3,7 +3,7 @@
 ``import durable_ext as df`` is meant to replace ``import azure.durable_functions as df``.
 """
 
-from .app import DFApp, DurableApp
+from .app import Blueprint, DFApp, DurableApp
 from .client import DurableOrchestrationClient, DurableOrchestrationStatus, PurgeHistoryResult
 from .core.context import DurableOrchestrationContext
 from .core.errors import (
@@ -25,6 +25,7 @@ from .core.tasks import Task, TimerTask
 __version__ = "0.1.0"
 
 __all__ = [
+    "Blueprint",
     "DFApp",
     "DurableApp",
     "DurableError",

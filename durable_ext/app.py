@@ -35,7 +35,84 @@ from .core.registry import Kind, Registry
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class DurableApp(func.FunctionApp):
+class _DurableDecorators:
+    """The decorators of ``azure.durable_functions``, shared by DurableApp and Blueprint."""
+
+    registry: Registry
+    _kinds: dict[int, Kind]
+
+    def _init_durable(self) -> None:
+        self.registry = Registry()
+        self._kinds = {}
+
+    async def durable_runtime(self) -> b.DurableRuntime:  # pragma: no cover - overridden
+        """The runtime the injected clients use."""
+        raise NotImplementedError
+
+    def durable_client_input(
+        self, client_name: str, task_hub: str | None = None, connection_name: str | None = None
+    ) -> Callable[[Any], Any]:
+        """Pass a ``DurableOrchestrationClient`` to the decorated function as ``client_name``.
+
+        No binding is added: the function's signature, as the Functions host sees
+        it, simply loses that parameter. The function must be ``async def``.
+        """
+        if task_hub or connection_name:
+            log.warning("durable_client_input: task_hub and connection_name are ignored; host.json decides")
+
+        def decorator(fn: Any) -> Any:
+            if isinstance(fn, FunctionBuilder):
+                function = fn._function
+                function._func = _inject_client(self, function._func, client_name)
+                return fn
+            return _inject_client(self, fn, client_name)
+
+        return decorator
+
+    def _register(self, kind: Kind, fn: F, name: str | None, input_name: str | None, input_type: Any) -> F:
+        if not callable(fn):
+            raise TypeError(f"@{kind}_trigger decorates a function, got {fn!r}")
+        self.registry.add(kind, fn, name or getattr(fn, "__durable_name__", None), input_name, input_type)
+        self._kinds[id(fn)] = kind
+        return fn
+
+    def orchestration_trigger(  # type: ignore[override]
+        self, context_name: str = "context", orchestration: str | None = None, input_type: Any = None
+    ) -> Callable[[F], F]:
+        """Register a generator function as an orchestrator (name: ``orchestration`` or its own)."""
+        return lambda fn: self._register("orchestrator", fn, orchestration, context_name, input_type)
+
+    def activity_trigger(  # type: ignore[override]
+        self, input_name: str = "input", activity: str | None = None
+    ) -> Callable[[F], F]:
+        """Register an activity; ``input_name`` is the parameter that receives the input."""
+        return lambda fn: self._register("activity", fn, activity, input_name, None)
+
+    def entity_trigger(  # type: ignore[override]
+        self, context_name: str = "context", entity_name: str | None = None
+    ) -> Callable[[F], F]:
+        """Register an entity function."""
+        return lambda fn: self._register("entity", fn, entity_name, context_name, None)
+
+    def function_name(self, name: str, setting_extra_fields: dict[str, Any] | None = None):  # type: ignore[override]
+        """Give a function its registered name (above or below its trigger decorator)."""
+        base = super().function_name(name, setting_extra_fields or {})
+
+        def decorator(fn: Any) -> Any:
+            kind = self._kinds.get(id(fn))
+            if kind is not None:
+                self.registry.rename(kind, getattr(fn, "__durable_name__", None) or fn.__name__, name)
+                fn.__durable_name__ = name
+                return fn
+            if callable(fn) and not hasattr(fn, "build"):
+                fn.__durable_name__ = name
+                return fn
+            return base(fn)
+
+        return decorator
+
+
+class DurableApp(_DurableDecorators, func.FunctionApp):
     """A function app whose orchestrators, activities and entities durable_ext runs."""
 
     def __init__(
@@ -45,8 +122,7 @@ class DurableApp(func.FunctionApp):
         app_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__(http_auth_level=http_auth_level)
-        self.registry = Registry()
-        self._kinds: dict[int, Kind] = {}
+        self._init_durable()
         self.app_dir: Path | None = Path(app_dir) if app_dir is not None else _caller_dir()
         self.host_settings = b.load_host_settings(self.app_dir)
         self._runtime: b.DurableRuntime | None = None
@@ -113,74 +189,35 @@ class DurableApp(func.FunctionApp):
             self.timer_trigger(arg_name="timer", schedule=b.REPAIR_SCHEDULE)(durabletask_repair)
         )
 
+    def register_functions(self, function_container: Any) -> None:
+        """Register a blueprint's functions; a durable Blueprint's orchestrators and activities too."""
+        if isinstance(function_container, Blueprint):
+            for info in function_container.registry:
+                self.registry.add(info.kind, info.fn, info.name, info.input_name, info.input_type)
+            function_container._app = self
+        super().register_functions(function_container)
+
+    register_blueprint = register_functions
+
     def get_functions(self) -> list[Any]:
         """The functions' metadata, as the Python worker indexes them (may be called again)."""
         self.functions_bindings = None  # the base class keeps names across calls and would refuse
         return super().get_functions()
 
-    # ------------------------------------------------------------------ decorators
 
-    def durable_client_input(
-        self, client_name: str, task_hub: str | None = None, connection_name: str | None = None
-    ) -> Callable[[Any], Any]:
-        """Pass a ``DurableOrchestrationClient`` to the decorated function as ``client_name``.
+class Blueprint(_DurableDecorators, func.Blueprint):
+    """Durable functions defined apart from the app; ``app.register_functions(bp)`` adds them."""
 
-        No binding is added: the function's signature, as the Functions host sees
-        it, simply loses that parameter. The function must be ``async def``.
-        """
-        if task_hub or connection_name:
-            log.warning("durable_client_input: task_hub and connection_name are ignored; host.json decides")
+    def __init__(self, http_auth_level: func.AuthLevel | str = func.AuthLevel.FUNCTION) -> None:
+        super().__init__(http_auth_level=http_auth_level)
+        self._init_durable()
+        self._app: DurableApp | None = None
 
-        def decorator(fn: Any) -> Any:
-            if isinstance(fn, FunctionBuilder):
-                function = fn._function
-                function._func = _inject_client(self, function._func, client_name)
-                return fn
-            return _inject_client(self, fn, client_name)
-
-        return decorator
-
-    def _register(self, kind: Kind, fn: F, name: str | None, input_name: str | None, input_type: Any) -> F:
-        if not callable(fn):
-            raise TypeError(f"@{kind}_trigger decorates a function, got {fn!r}")
-        self.registry.add(kind, fn, name or getattr(fn, "__durable_name__", None), input_name, input_type)
-        self._kinds[id(fn)] = kind
-        return fn
-
-    def orchestration_trigger(  # type: ignore[override]
-        self, context_name: str = "context", orchestration: str | None = None, input_type: Any = None
-    ) -> Callable[[F], F]:
-        """Register a generator function as an orchestrator (name: ``orchestration`` or its own)."""
-        return lambda fn: self._register("orchestrator", fn, orchestration, context_name, input_type)
-
-    def activity_trigger(  # type: ignore[override]
-        self, input_name: str = "input", activity: str | None = None
-    ) -> Callable[[F], F]:
-        """Register an activity; ``input_name`` is the parameter that receives the input."""
-        return lambda fn: self._register("activity", fn, activity, input_name, None)
-
-    def entity_trigger(  # type: ignore[override]
-        self, context_name: str = "context", entity_name: str | None = None
-    ) -> Callable[[F], F]:
-        """Register an entity function."""
-        return lambda fn: self._register("entity", fn, entity_name, context_name, None)
-
-    def function_name(self, name: str, setting_extra_fields: dict[str, Any] | None = None):  # type: ignore[override]
-        """Give a function its registered name (above or below its trigger decorator)."""
-        base = super().function_name(name, setting_extra_fields or {})
-
-        def decorator(fn: Any) -> Any:
-            kind = self._kinds.get(id(fn))
-            if kind is not None:
-                self.registry.rename(kind, getattr(fn, "__durable_name__", None) or fn.__name__, name)
-                fn.__durable_name__ = name
-                return fn
-            if callable(fn) and not hasattr(fn, "build"):
-                fn.__durable_name__ = name
-                return fn
-            return base(fn)
-
-        return decorator
+    async def durable_runtime(self) -> b.DurableRuntime:
+        """The runtime of the app this blueprint was registered with."""
+        if self._app is None:
+            raise RuntimeError("register the blueprint first: app.register_functions(bp)")
+        return await self._app.durable_runtime()
 
 
 DFApp = DurableApp
@@ -223,7 +260,7 @@ def _queue_function(app: DurableApp, kind: str, name: str) -> Callable[..., Any]
     return handler
 
 
-def _inject_client(app: DurableApp, fn: Callable[..., Any], client_name: str) -> Callable[..., Any]:
+def _inject_client(app: _DurableDecorators, fn: Callable[..., Any], client_name: str) -> Callable[..., Any]:
     signature = inspect.signature(fn)
     if client_name not in signature.parameters:
         raise TypeError(f"{fn.__name__} has no parameter named {client_name!r} for the durable client")
