@@ -79,3 +79,27 @@ async def test_message_written_twice_is_applied_once(
     assert status.output == "approved:twice"
     history = (await client.get_status(iid, show_history=True)).history
     assert sum(1 for e in history if e["EventType"] == 15) == 1  # one EventRaised
+
+
+async def test_messages_to_an_unknown_instance_are_dropped(
+    worker: AzureWorker, backend: AzureBackend
+) -> None:
+    """An inbox row for an instance that does not exist (e.g. purged) does not linger."""
+    import asyncio
+
+    from durable_ext.core import history as h
+    from durable_ext.core.runtime import Message
+
+    iid = "never-started"
+    event = h.event_raised(h.format_timestamp(backend.clock.now()), "Ping", None)
+    await backend._write_inbox(Message(iid, event))
+    await backend._enqueue(backend.control_queue_for(iid), {"i": iid})
+    for _ in range(100):
+        rows = [
+            e async for e in backend.history.query_entities("PartitionKey eq @pk", parameters={"pk": iid})
+        ]
+        if not rows:
+            break
+        await asyncio.sleep(0.1)
+    assert rows == []
+    assert await backend.get_instance(iid) is None

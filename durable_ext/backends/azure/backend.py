@@ -403,6 +403,15 @@ class AzureBackend(Backend):
         if sentinel is None:
             start = next((m for m in inbox if m.event["EventType"] == EventType.ExecutionStarted), None)
             if start is None:
+                # messages to an instance that does not exist (purged, or never started):
+                # nobody will ever consume them, so drop them instead of waking for them forever
+                orphans = [
+                    *private.inbox_keys.values(),
+                    *(k for k in private.drop_keys if k.startswith("i-")),
+                ]
+                if orphans:
+                    log.info("dropping %d messages to unknown instance %s", len(orphans), instance_id)
+                    await self._delete_rows(instance_id, orphans)
                 return None
             now = self.clock.now()
             record = InstanceRecord(
