@@ -52,6 +52,15 @@ _COMPLETIONS = frozenset(
 _UUID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_OID, "9e952958-5e33-4daf-827f-2fa12937b875")
 
 
+def completed_task_id(event: Event) -> int | None:
+    """The task id a completion event (TaskCompleted/Failed, sub-orchestration result,
+    TimerFired) answers; ``None`` for any other event."""
+    kind = event["EventType"]
+    if kind not in _COMPLETIONS:
+        return None
+    return event.get("TimerId") if kind == _ET.TimerFired else event.get("TaskScheduledId")
+
+
 def exception_failure(exc: BaseException) -> dict[str, Any]:
     """FailureDetails for an exception: its type name, message and formatted trace."""
     error_type = type(exc).__name__
@@ -157,8 +166,8 @@ class OrchestrationExecutor:
         kind = event["EventType"]
         if kind == _ET.ExecutionStarted:
             return not self.started
-        if kind in _COMPLETIONS:
-            key = event.get("TimerId") if kind == _ET.TimerFired else event.get("TaskScheduledId")
+        key = completed_task_id(event)
+        if key is not None:
             return key in self.open_tasks and key not in self.pending_actions
         return True
 

@@ -18,7 +18,7 @@ from typing import Any
 from . import history as h
 from .actions import Action, ActionType
 from .errors import NonDeterministicOrchestrationError
-from .executor import OrchestrationExecutor, exception_failure
+from .executor import OrchestrationExecutor, completed_task_id, exception_failure
 from .history import Event, EventType
 from .registry import Registry, UnknownFunctionError
 from .serialization import from_json, to_json
@@ -204,10 +204,10 @@ def run_step(
         event = message.event
         if message.execution_id is not None and message.execution_id != rec.execution_id:
             reopened = executor.previous_executions.get(message.execution_id)
-            if reopened is None or _completed_task(event) not in reopened:
+            if reopened is None or completed_task_id(event) not in reopened:
                 continue  # a completion meant for an earlier execution
         if executor.accepts(event):
-            task_id = _completed_task(event)
+            task_id = completed_task_id(event)
             if task_id is not None:
                 if task_id in completed:
                     continue  # a duplicate of a completion this episode already takes
@@ -243,21 +243,6 @@ def run_step(
 
     _complete(executor, rec, result, stamp, now)
     return result
-
-
-def _completed_task(event: Event) -> int | None:
-    """The task id a completion event completes (``None`` for other events)."""
-    kind = event["EventType"]
-    if kind == EventType.TimerFired:
-        return event.get("TimerId")
-    if kind in (
-        EventType.TaskCompleted,
-        EventType.TaskFailed,
-        EventType.SubOrchestrationInstanceCompleted,
-        EventType.SubOrchestrationInstanceFailed,
-    ):
-        return event.get("TaskScheduledId")
-    return None
 
 
 def failure_step(record: InstanceRecord, history: list[Event], now: datetime, error: Exception) -> StepResult:
