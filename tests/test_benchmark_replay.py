@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
 from pathlib import Path
+
+from benchfigures import figures as parse_figures
+from benchfigures import run_quick
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "replay.py"
 
@@ -32,28 +33,10 @@ OFFICIAL = [
 ]
 
 
-def _figures(output: str) -> dict[str, float]:
-    """The ``name: value`` lines of the output as numbers (comment lines skipped)."""
-    figures: dict[str, float] = {}
-    for line in output.splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        name, sep, value = line.partition(": ")
-        assert sep, f"not a 'name: value' line: {line!r}"
-        figures[name] = float(value)
-    return figures
-
-
 def test_quick_benchmark_prints_every_figure() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=SCRIPT.parents[1],
-    )
+    proc = run_quick(SCRIPT, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    figures = _figures(proc.stdout)
+    figures = parse_figures(proc.stdout)
     expected = list(ALWAYS)
     if importlib.util.find_spec("azure.durable_functions") is not None:
         expected += OFFICIAL

@@ -7,9 +7,10 @@ exits non-zero when an instance does not complete with the right output.
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
+
+from benchfigures import figures as parse_figures
+from benchfigures import run_quick
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "azure.py"
 
@@ -26,28 +27,10 @@ FIGURES = [
 ]
 
 
-def _figures(output: str) -> dict[str, float]:
-    """The ``name: value`` lines of the output as numbers (comment lines skipped)."""
-    figures: dict[str, float] = {}
-    for line in output.splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        name, sep, value = line.partition(": ")
-        assert sep, f"not a 'name: value' line: {line!r}"
-        figures[name] = float(value)
-    return figures
-
-
 def test_quick_benchmark_prints_every_figure() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=SCRIPT.parents[1],
-    )
+    proc = run_quick(SCRIPT, timeout=180)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    figures = _figures(proc.stdout)
+    figures = parse_figures(proc.stdout)
     missing = [name for name in FIGURES if name not in figures]
     assert not missing, f"missing figures {missing} in:\n{proc.stdout}"
     for name in FIGURES:
