@@ -4,14 +4,24 @@
 """
 
 from .app import Blueprint, DFApp, DurableApp
-from .client import DurableOrchestrationClient, DurableOrchestrationStatus, PurgeHistoryResult
+from .client import (
+    DurableOrchestrationClient,
+    DurableOrchestrationStatus,
+    EntityQueryResult,
+    EntityStateResponse,
+    PurgeHistoryResult,
+)
+from .compat import Entity, Orchestrator
 from .core.context import DurableOrchestrationContext
+from .core.entities import CriticalSection, DurableEntityContext, EntityId
 from .core.errors import (
     DurableError,
+    EntityOperationFailedError,
     InstanceAlreadyExistsError,
     InstanceNotFailedError,
     InstanceNotFoundError,
     InvalidInstanceIdError,
+    LockingRulesViolationError,
     NonDeterministicOrchestrationError,
     OrchestrationFailedError,
     SerializationError,
@@ -26,20 +36,29 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Blueprint",
+    "CriticalSection",
     "DFApp",
     "DurableApp",
+    "DurableEntityContext",
     "DurableError",
     "DurableOrchestrationClient",
     "DurableOrchestrationContext",
     "DurableOrchestrationStatus",
+    "Entity",
+    "EntityId",
+    "EntityOperationFailedError",
+    "EntityQueryResult",
+    "EntityStateResponse",
     "EventType",
     "InstanceAlreadyExistsError",
     "InstanceNotFailedError",
     "InstanceNotFoundError",
     "InvalidInstanceIdError",
+    "LockingRulesViolationError",
     "NonDeterministicOrchestrationError",
     "OrchestrationFailedError",
     "OrchestrationRuntimeStatus",
+    "Orchestrator",
     "PurgeHistoryResult",
     "RetryOptions",
     "SerializationError",

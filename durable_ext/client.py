@@ -22,6 +22,14 @@ import orjson
 from .backends.base import Backend, InstanceQuery
 from .clock import Clock
 from .core import history as h
+from .core.entities import (
+    EntityId,
+    EntityRequest,
+    SchedulerState,
+    convert_state,
+    entity_instance_id,
+    entity_state_of,
+)
 from .core.errors import InstanceNotFailedError, InstanceNotFoundError, InvalidInstanceIdError
 from .core.runtime import InstanceRecord, Message, start_message
 from .core.serialization import from_json, to_json
@@ -143,6 +151,10 @@ class DurableOrchestrationClient:
         if not orchestration_function_name or not isinstance(orchestration_function_name, str):
             raise ValueError("orchestration_function_name must be a non-empty string")
         instance_id = validate_instance_id(instance_id) if instance_id else uuid.uuid4().hex
+        if instance_id.startswith("@"):
+            raise InvalidInstanceIdError(
+                f"instance id {instance_id!r} starts with '@', which is reserved for entities ('@name@key')"
+            )
         payload = to_json(client_input, f"input of orchestrator '{orchestration_function_name}'")
         now = self._clock.now()
         start = start_message(instance_id, orchestration_function_name, payload, now)
@@ -311,6 +323,75 @@ class DurableOrchestrationClient:
         statuses = [DurableOrchestrationStatus.from_record(r, show_input) for r in page.records]
         return OrchestrationStatusQueryResult(statuses, page.continuation)
 
+    # ------------------------------------------------------------------ entities
+
+    async def signal_entity(
+        self,
+        entityId: EntityId,
+        operation_name: str,
+        operation_input: Any = None,
+        task_hub_name: str | None = None,
+        connection_name: str | None = None,
+        *,
+        scheduled_time: datetime | None = None,
+    ) -> None:
+        """Send a one-way operation to an entity (run at ``scheduled_time`` when given)."""
+        target = validate_instance_id(entity_instance_id(entityId))
+        if not isinstance(operation_name, str):
+            raise ValueError("operation_name must be a string")
+        payload = to_json(operation_input, f"input of operation '{operation_name}' of {target}")
+        request = EntityRequest(uuid.uuid4().hex, "signal", op=operation_name, input=payload)
+        if scheduled_time is not None:
+            request.at = h.format_timestamp(_as_utc(scheduled_time) or scheduled_time)
+        await self._backend.send_messages([request.message(target, self._clock.now())])
+
+    async def read_entity_state(
+        self,
+        entityId: EntityId,
+        task_hub_name: str | None = None,
+        connection_name: str | None = None,
+        *,
+        state_type: Any = None,
+    ) -> EntityStateResponse:
+        """Whether the entity exists and its state (decoded to ``state_type`` when given)."""
+        target = validate_instance_id(entity_instance_id(entityId))
+        record = await self._backend.get_instance(target)
+        if record is None:
+            return EntityStateResponse(False)
+        exists, state = entity_state_of(record)
+        return EntityStateResponse(exists, convert_state(state, state_type) if exists else None)
+
+    async def list_entities(
+        self,
+        entity_name: str | None = None,
+        *,
+        fetch_state: bool = True,
+        page_size: int = 100,
+        continuation_token: str | None = None,
+    ) -> EntityQueryResult:
+        """One page of existing entities (of one name, when given), with their state."""
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        prefix = f"@{entity_name.lower()}@" if entity_name else "@"
+        query = InstanceQuery(
+            instance_id_prefix=prefix, page_size=page_size, continuation=continuation_token, entities=True
+        )
+        page = await self._backend.query_instances(query)
+        out = []
+        for record in page.records:
+            exists, state = entity_state_of(record)
+            if not exists:
+                continue
+            last = SchedulerState.from_json(record.input).last_op
+            out.append(
+                EntityMetadata(
+                    EntityId.get_entity_id(record.instance_id),
+                    h.parse_timestamp(last) if last else record.last_updated_at,
+                    from_json(state) if fetch_state else None,
+                )
+            )
+        return EntityQueryResult(out, page.continuation)
+
     def create_http_management_payload(self, instance_id: str, base_url: str | None = None) -> dict[str, str]:
         """The management URLs of an instance, as the check-status payload lists them.
 
@@ -414,6 +495,46 @@ class DurableOrchestrationClient:
     async def _send(self, record: InstanceRecord, event: dict[str, Any], any_execution: bool = False) -> None:
         execution = None if any_execution else record.execution_id
         await self._backend.send_messages([Message(record.instance_id, event, execution)])
+
+
+class EntityStateResponse:
+    """What ``read_entity_state`` returns (the official class's attributes)."""
+
+    def __init__(self, entity_exists: bool, entity_state: Any = None) -> None:
+        self.entity_exists = entity_exists
+        self.entity_state = entity_state
+
+    def __repr__(self) -> str:
+        return (
+            f"EntityStateResponse(entity_exists={self.entity_exists!r}, entity_state={self.entity_state!r})"
+        )
+
+
+@dataclass
+class EntityMetadata:
+    """One entity in a listing: its id, when it last ran an operation, and its state."""
+
+    entity_id: EntityId
+    last_operation_time: datetime
+    state: Any = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The management API's JSON for one entity."""
+        out: dict[str, Any] = {
+            "entityId": {"name": self.entity_id.name, "key": self.entity_id.key},
+            "lastOperationTime": h.format_timestamp(self.last_operation_time),
+        }
+        if self.state is not None:
+            out["state"] = self.state
+        return out
+
+
+@dataclass
+class EntityQueryResult:
+    """A page of entities and the token for the next page (``None`` at the end)."""
+
+    entities: list[EntityMetadata]
+    continuation_token: str | None = None
 
 
 def _as_utc(value: datetime | None) -> datetime | None:

@@ -18,6 +18,7 @@ from .backends.base import Backend, LoadedInstance
 from .backends.memory import MemoryBackend
 from .clock import Clock
 from .core import history as h
+from .core.entities import is_entity_instance, run_entity_step
 from .core.errors import ConflictError, NonDeterministicOrchestrationError
 from .core.executor import OrchestrationExecutor, exception_failure
 from .core.registry import Registry
@@ -64,6 +65,8 @@ class Engine:
         ``hot``: only in-process results arrived (see ``Backend.load``). A
         conflict with another worker reloads and tries again.
         """
+        if is_entity_instance(instance_id):
+            return await self._process_entity(instance_id, messages)
         for attempt in range(self.max_conflict_retries):
             cached = self._cache.get(instance_id)
             history_from = cached.history_len if cached else 0
@@ -102,6 +105,22 @@ class Engine:
             self._remember(instance_id, loaded, step)
             return step
         raise ConflictError(f"instance '{instance_id}' kept changing; gave up after retries")
+
+    async def _process_entity(self, instance_id: str, messages: list[Message] | None) -> StepResult | None:
+        """Apply an entity's pending requests, as one batch, in one committed step."""
+        for _attempt in range(self.max_conflict_retries):
+            loaded = await self.backend.load(instance_id, 0, messages)
+            if loaded is None or not loaded.inbox:
+                return None
+            step = run_entity_step(self.registry, loaded.record, loaded.inbox, self.clock.now())
+            try:
+                await self.backend.commit(loaded, step)
+            except ConflictError:
+                self.stats["conflicts"] += 1
+                continue
+            self.stats["steps"] += 1
+            return step
+        raise ConflictError(f"entity '{instance_id}' kept changing; gave up after retries")
 
     @staticmethod
     def _fits(cached: _Cached, loaded: LoadedInstance) -> bool:

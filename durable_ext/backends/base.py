@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ..core.entities import is_entity_instance
 from ..core.history import Event
 from ..core.runtime import ActivityRequest, InstanceRecord, Message, StepResult
 from ..core.status import OrchestrationRuntimeStatus
@@ -46,9 +47,13 @@ class InstanceQuery:
     instance_id_prefix: str | None = None
     page_size: int = 100
     continuation: str | None = None
+    #: list entities (ids ``@name@key``) instead of orchestration instances
+    entities: bool = False
 
     def matches(self, record: InstanceRecord) -> bool:
         """Whether ``record`` passes every condition of the filter."""
+        if is_entity_instance(record.instance_id) != self.entities:
+            return False
         if self.created_from is not None and record.created_at < self.created_from:
             return False
         if self.created_to is not None and record.created_at > self.created_to:

@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import replace
 
 from ..clock import Clock
+from ..core.entities import is_entity_instance, new_entity_record
 from ..core.errors import ConflictError, InstanceAlreadyExistsError
 from ..core.history import Event
 from ..core.runtime import ActivityRequest, InstanceRecord, Message, StepResult
@@ -139,12 +140,15 @@ class MemoryBackend(Backend):
             return
         iid = message.instance_id
         if iid not in self._records:
-            if message.event.get("EventType") != 0:  # only a start creates an instance
-                return
             now = self.clock.now()
-            self._records[iid] = InstanceRecord(
-                iid, message.event.get("Name", ""), message.execution_id or "", Status.Pending, now, now
-            )
+            if is_entity_instance(iid):  # an entity comes to be with its first message
+                self._records[iid] = new_entity_record(iid, now)
+            elif message.event.get("EventType") != 0:  # only a start creates an instance
+                return
+            else:
+                self._records[iid] = InstanceRecord(
+                    iid, message.event.get("Name", ""), message.execution_id or "", Status.Pending, now, now
+                )
         self._inbox.setdefault(iid, []).append(message)
         self._mark_ready(iid)
 

@@ -43,6 +43,8 @@ class Action:
     input: str | None = None
     instance_id: str | None = None
     fire_at: str | None = None
+    #: a scheduled entity signal: deliver no earlier than this (ISO text)
+    deliver_at: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-friendly description (for the replayer's result and logs)."""

@@ -12,6 +12,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .actions import ActionType
+from .entities import OPERATION_EVENT, EntityId, EntityRequest, SendCounters, entity_instance_id, sender_of
+from .errors import LockingRulesViolationError
 from .history import format_timestamp
 from .retry import RetryOptions
 from .serialization import from_json, to_json
@@ -207,19 +209,104 @@ class DurableOrchestrationContext:
         to_json(input_, f"continue_as_new input of '{self._x.name}'")
         self._x.request_continue_as_new(input_, save_events)
 
-    # ----------------------------------------------------------- later features
+    # ------------------------------------------------------------------ entities
 
-    def call_entity(self, entity_id: Any, operation_name: str, operation_input: Any = None) -> Task:
-        """Call an entity operation (durable entities are not available yet)."""
-        raise NotImplementedError("durable entities are not available in this version")
+    def call_entity(
+        self,
+        entity_id: EntityId | str,
+        operation_name: str,
+        operation_input: Any = None,
+        *,
+        result_type: Any = None,
+    ) -> Task:
+        """Run an entity operation and wait for its result; a failure raises in the orchestrator."""
+        x = self._x
+        target = entity_instance_id(entity_id)
+        section = x.critical_section
+        if section is not None and target not in section["lockset"]:
+            raise LockingRulesViolationError(
+                f"orchestrator '{x.name}' called entity {target} inside a critical section that does "
+                f"not lock it (locked: {', '.join(section['lockset'])}); lock it too, or call it after "
+                "the section"
+            )
+        payload = to_json(operation_input, f"input of operation '{operation_name}' of {target}")
+        request = EntityRequest(
+            x.new_uuid(),
+            "call",
+            op=operation_name,
+            input=payload,
+            parent=x.instance_id,
+            parent_execution=x.execution_id,
+        )
+        task = AtomicTask(-1, f"operation '{operation_name}' of entity {target}", result_type)
+        return self._send_entity(ActionType.CallEntity, target, request, task)
 
-    def signal_entity(self, entity_id: Any, operation_name: str, operation_input: Any = None) -> None:
-        """Signal an entity (durable entities are not available yet)."""
-        raise NotImplementedError("durable entities are not available in this version")
+    def signal_entity(
+        self,
+        entity_id: EntityId | str,
+        operation_name: str,
+        operation_input: Any = None,
+        *,
+        scheduled_time: datetime | None = None,
+    ) -> Task:
+        """Send a one-way entity operation (at ``scheduled_time`` when given); returns a done task."""
+        x = self._x
+        target = entity_instance_id(entity_id)
+        payload = to_json(operation_input, f"input of signal '{operation_name}' to {target}")
+        request = EntityRequest(
+            x.new_uuid(), "signal", op=operation_name, input=payload, parent=x.instance_id
+        )
+        if scheduled_time is not None:
+            if not isinstance(scheduled_time, datetime):
+                raise TypeError(f"scheduled_time must be a datetime, got {scheduled_time!r}")
+            request.at = format_timestamp(scheduled_time)
+        return self._send_entity(ActionType.SignalEntity, target, request, AtomicTask(-1, operation_name))
 
-    def lock(self, entities: Sequence[Any]) -> Task:
-        """Lock entities for a critical section (durable entities are not available yet)."""
-        raise NotImplementedError("durable entities are not available in this version")
+    def lock(self, entities: Sequence[EntityId | str]) -> Task:
+        """Lock entities for a critical section; the task's value is a context manager that releases.
+
+        ``with (yield context.lock([a, b])):`` runs its body while no other
+        orchestration can operate on ``a`` or ``b``. Entities are locked in one
+        global order, so two critical sections never deadlock; the locks are
+        released when the block ends, or when the orchestration ends however it ends.
+        """
+        x = self._x
+        if isinstance(entities, (str, EntityId)):
+            entities = [entities]
+        lockset = sorted({entity_instance_id(e) for e in entities})
+        if not lockset:
+            raise ValueError("lock needs at least one entity")
+        if x.critical_section is not None:
+            raise LockingRulesViolationError(
+                f"orchestrator '{x.name}' asked for a lock inside a critical section; lock every "
+                "entity it needs in one call"
+            )
+        request = EntityRequest(
+            x.new_uuid(), "lock", parent=x.instance_id, parent_execution=x.execution_id, lockset=lockset
+        )
+        x.critical_section = {"id": request.id, "lockset": lockset}
+        return self._send_entity(ActionType.CallEntity, lockset[0], request, AtomicTask(-1, "lock"))
+
+    @property
+    def is_locked(self) -> bool:
+        """True inside a critical section."""
+        return self._x.critical_section is not None
+
+    def _send_entity(self, kind: ActionType, target: str, request: EntityRequest, task: AtomicTask) -> Task:
+        x = self._x
+        if request.at is None:  # scheduled signals apply when due, outside the sender order
+            SendCounters(sender_of(x), x.entity_sent).stamp(request, target, x.now())
+        x.schedule(
+            kind,
+            task,
+            name=OPERATION_EVENT,
+            input=request.to_json(),
+            instance_id=target,
+            deliver_at=request.at,
+        )
+        if kind == ActionType.CallEntity:
+            x.entity_calls[request.id] = task
+        return task
 
     def call_http(self, method: str, uri: str, content: Any = None, **kwargs: Any) -> Task:
         """Durable HTTP calls are not available yet; call an activity that uses aiohttp."""

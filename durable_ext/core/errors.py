@@ -75,3 +75,11 @@ class InvalidInstanceIdError(DurableError, ValueError):
 
 class ConflictError(DurableError):
     """Another worker committed the instance first; reload and retry."""
+
+
+class EntityOperationFailedError(TaskFailedError):
+    """An entity operation called from an orchestrator raised; its state change was rolled back."""
+
+
+class LockingRulesViolationError(DurableError):
+    """An orchestrator broke a critical-section rule (nested lock, call to an entity it did not lock)."""

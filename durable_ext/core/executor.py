@@ -20,7 +20,12 @@ from datetime import datetime
 from typing import Any
 
 from .actions import RECORDED_AS, Action, ActionType
-from .errors import NonDeterministicOrchestrationError, SerializationError, TaskFailedError
+from .errors import (
+    EntityOperationFailedError,
+    NonDeterministicOrchestrationError,
+    SerializationError,
+    TaskFailedError,
+)
 from .history import (
     Event,
     EventType,
@@ -119,6 +124,13 @@ class OrchestrationExecutor:
         self.continue_as_new_requested = False
         self.save_events = False
         self.custom_status_json: str | None = None
+        #: entity calls and lock requests waiting for their answer: request id -> task
+        self.entity_calls: dict[str, AtomicTask] = {}
+        self.answered_requests: set[str] = set()
+        #: per-entity sequence numbers of what this execution sent (see core/entities.py)
+        self.entity_sent: dict[str, list[Any]] = {}
+        #: the critical section requested or held: {"id", "lockset"} (None outside one)
+        self.critical_section: dict[str, Any] | None = None
         self.uuid_counter = 0
         self._now_text = ""
         self._now: datetime | None = None
@@ -169,6 +181,8 @@ class OrchestrationExecutor:
         key = completed_task_id(event)
         if key is not None:
             return key in self.open_tasks and key not in self.pending_actions
+        if kind == _ET.EventRaised:  # a second answer to an entity call is a duplicate
+            return event.get("Name") not in self.answered_requests
         return True
 
     def open_timers(self) -> dict[int, datetime]:
@@ -316,6 +330,13 @@ class OrchestrationExecutor:
 
     def _on_event_raised(self, event: Event) -> None:
         name = event.get("Name") or ""
+        call = self.entity_calls.pop(name, None)
+        if call is not None:  # the answer of an entity operation or lock request
+            self.open_tasks.pop(call.task_id, None)
+            self.answered_requests.add(name)
+            self._answer_entity_call(call, event.get("Input"))
+            self._resume_if_ready()
+            return
         key = name.casefold()
         waiting = self.waiters.get(key)
         if waiting:
@@ -325,6 +346,30 @@ class OrchestrationExecutor:
         else:
             self._buffer_seq += 1
             self.buffered_events.setdefault(key, deque()).append((self._buffer_seq, name, event.get("Input")))
+
+    def _answer_entity_call(self, task: AtomicTask, text: str | None) -> None:
+        from .entities import CriticalSection  # circular: entities builds on the executor
+
+        data = from_json(text) if text else {}
+        if not isinstance(data, dict):
+            data = {}
+        if "lockGranted" in data:
+            task._complete(CriticalSection(self, data["lockGranted"], list(data.get("lockset") or ())))
+            return
+        failure = data.get("failure")
+        if failure is not None or data.get("exceptionType"):
+            failure = failure or {"ErrorType": data.get("exceptionType"), "ErrorMessage": ""}
+            task._fail(
+                EntityOperationFailedError(
+                    task.name or "entity operation",
+                    failure.get("ErrorType") or "Exception",
+                    failure.get("ErrorMessage") or "",
+                    failure.get("StackTrace"),
+                    failure,
+                )
+            )
+            return
+        task._complete(self._decode(data.get("result"), task.result_type, f"result of {task.name}"))
 
     def _on_terminated(self, event: Event) -> None:
         if self.is_done:

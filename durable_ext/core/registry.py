@@ -49,6 +49,7 @@ class Registry:
         input_type: Any = None,
     ) -> FunctionInfo:
         """Register ``fn``; the input and return annotations give the payload types."""
+        fn = getattr(fn, "orchestrator_function", None) or getattr(fn, "entity_function", None) or fn
         name = name or getattr(fn, "__durable_name__", None) or fn.__name__
         if input_name is None and kind != "orchestrator":
             params = list(inspect.signature(fn).parameters)

@@ -88,6 +88,8 @@ class StepResult:
     executor: OrchestrationExecutor | None = None
     #: The ``ExecutionRewound`` marker of a rewind step (``None`` otherwise).
     rewind_marker: Event | None = None
+    #: When the instance needs a step even if no message wakes it (an entity's scheduled signal).
+    wake_at: datetime | None = None
 
     @property
     def changed(self) -> bool:
@@ -182,6 +184,7 @@ def run_step(
             for message in rewinds:
                 _report_again(message, rec, result, now)
     if rec.status.is_terminal and not started_fresh:
+        _release_orphan_locks(others, rec, result, now)
         return result  # a finished execution takes no more messages
 
     # load (or reuse) the replayed state of the current execution
@@ -205,6 +208,7 @@ def run_step(
         if message.execution_id is not None and message.execution_id != rec.execution_id:
             reopened = executor.previous_executions.get(message.execution_id)
             if reopened is None or completed_task_id(event) not in reopened:
+                _release_orphan_locks([message], rec, result, now)
                 continue  # a completion meant for an earlier execution
         if executor.accepts(event):
             task_id = completed_task_id(event)
@@ -287,14 +291,18 @@ def _dispatch(
         out.messages.append(
             start_message(action.instance_id or "", action.name or "", action.input, now, parent=parent)
         )
-    else:
+    else:  # an event to another instance, or a request to an entity
         event = h.event_raised(h.format_timestamp(now), action.name or "", action.input)
-        out.messages.append(Message(action.instance_id or "", event))
+        due = h.parse_timestamp(action.deliver_at) if action.deliver_at else None
+        out.messages.append(Message(action.instance_id or "", event, None, due))
 
 
 def _complete(
     x: OrchestrationExecutor, rec: InstanceRecord, out: StepResult, stamp: str, now: datetime
 ) -> None:
+    from .entities import end_of_execution_releases  # circular: entities builds on this module
+
+    out.messages.extend(end_of_execution_releases(x, now))
     if x.continue_as_new_requested:
         payload = to_json(x.continue_as_new_input)
         out.new_events = []
@@ -345,6 +353,19 @@ def _notify_parent(
     else:
         event = h.sub_orchestration_failed(stamp, task_id, failure or {})
     out.messages.append(Message(instance.get("InstanceId", ""), event, instance.get("ExecutionId")))
+
+
+def _release_orphan_locks(
+    messages: list[Message], rec: InstanceRecord, out: StepResult, now: datetime
+) -> None:
+    """A lock granted to an execution that has ended: release it, or the entities stay locked."""
+    from .entities import parse_lock_grant, release_messages
+
+    for message in messages:
+        grant = parse_lock_grant(message.event)
+        if grant is not None:
+            section_id, lockset = grant
+            out.messages.extend(release_messages(rec.instance_id, section_id, lockset, now))
 
 
 def _reject_start(start: Message, out: StepResult, stamp: str) -> None:

@@ -38,6 +38,7 @@ from ...config import (
     workitem_queue,
 )
 from ...core import history as h
+from ...core.entities import is_entity_instance, new_entity_record
 from ...core.errors import ConflictError, DurableError, InstanceAlreadyExistsError
 from ...core.history import Event, EventType
 from ...core.runtime import ActivityRequest, InstanceRecord, Message, StepResult, failure_step
@@ -400,7 +401,10 @@ class AzureBackend(Backend):
             elif key.startswith("o-") and key.endswith(_LOCAL):
                 data = await self._row_data(entity)
                 private.local_rows[key] = {(a.get("x"), int(a["t"])) for a in data.get("a", ())}
-        if sentinel is None:
+        if sentinel is None and inbox and is_entity_instance(instance_id):
+            record = new_entity_record(instance_id, self.clock.now())  # created by its first message
+            history_len = 0
+        elif sentinel is None:
             start = next((m for m in inbox if m.event["EventType"] == EventType.ExecutionStarted), None)
             if start is None:
                 # messages to an instance that does not exist (purged, or never started):
@@ -508,6 +512,7 @@ class AzureBackend(Backend):
             or rec.custom_status != before.custom_status
             or rec.output != before.output
             or rec.execution_id != before.execution_id
+            or rec.input != before.input  # an entity's state
         )
         local: list[ActivityRequest] = []
         queued: list[ActivityRequest] = []
@@ -601,7 +606,7 @@ class AzureBackend(Backend):
         if step.record.status.is_terminal:
             return None
         x = step.executor
-        times: list[datetime] = []
+        times: list[datetime] = [step.wake_at + self.repair_after] if step.wake_at else []
         if x is not None:
             for fire_at in x.open_timers().values():
                 times.append(max(fire_at, now) + self.repair_after)
@@ -709,6 +714,10 @@ class AzureBackend(Backend):
             clauses.append("PartitionKey ge @p0 and PartitionKey lt @p1")
             params["p0"] = query.instance_id_prefix
             params["p1"] = query.instance_id_prefix + "\uffff"
+        if query.entities:  # entity ids are "@name@key": between "@" and "A"
+            clauses.append("PartitionKey ge '@' and PartitionKey lt 'A'")
+        else:
+            clauses.append("(PartitionKey lt '@' or PartitionKey ge 'A' )")
         if query.continuation:
             clauses.append("PartitionKey gt @after")
             params["after"] = query.continuation
@@ -803,10 +812,14 @@ class AzureBackend(Backend):
 
     async def _refire(self, iid: str, sentinel: dict[str, Any]) -> int:
         """Re-send due timers and re-queue open activities of a stalled instance."""
+        now = self.clock.now()
+        if is_entity_instance(iid):  # a scheduled signal is due: wake the entity
+            await self._enqueue(self.control_queue_for(iid), {"i": iid})
+            await self._bump(sentinel, "CheckAt", now + self.options.work_item_queue_visibility_timeout)
+            return 1
         loaded = await self.load(iid)
         if loaded is None or loaded.record.status.is_terminal:
             return 0
-        now = self.clock.now()
         scheduled: dict[int, Event] = {}
         for event in loaded.history:
             if event["EventType"] in (EventType.TaskScheduled, EventType.TimerCreated):
