@@ -13,6 +13,9 @@ client with its own connection here:
 - ``storage_ops_per_activity``: the worker's table+queue+blob calls in the
   sequential scenario per activity (from the stats file the worker writes:
   the client's own calls, status polls included, are not counted);
+- ``entity_ops_per_s``: N signals (``add 1``) sent through the client to one
+  entity, at most ``SIGNALS_IN_FLIGHT`` at a time, from the first send until
+  the entity's state reads N (all applied);
 - ``idle_storage_calls_per_min``: the idle worker's calls per minute (in
   ``--quick`` over 10 s soon after work, so the pollers' backoff has not
   reached its 30 s ceiling and the figure is higher than a settled worker's).
@@ -58,6 +61,7 @@ from durable_ext.backends.azure.backend import AzureBackend
 from durable_ext.backends.azure.connection import SERVICES, resolve_connection
 from durable_ext.client import DurableOrchestrationClient, DurableOrchestrationStatus
 from durable_ext.config import DurableTaskOptions, partition_of
+from durable_ext.core.entities import EntityId
 from durable_ext.core.status import OrchestrationRuntimeStatus as Status
 from durable_ext.host.azurite import Azurite
 
@@ -74,8 +78,10 @@ TARGETS = [
     ("fanout_activities_per_s", ">=", 250),
     ("instances_per_s", ">=", 20),
     ("storage_ops_per_activity", "<=", 5),
+    ("entity_ops_per_s", ">=", 200),
     ("idle_storage_calls_per_min", "<=", 20),
 ]
+SIGNALS_IN_FLIGHT = 32  # the entity scenario's client sends at most this many signals at once
 
 FUNCTION_APP = '''\
 """Benchmark function app (written by benchmarks/azure.py)."""
@@ -111,6 +117,12 @@ def bench_three(context: df.DurableOrchestrationContext):
     return value
 
 
+@app.entity_trigger(context_name="context")
+def bench_counter(context: df.DurableEntityContext):
+    """A counter: ``add`` its input."""
+    context.set_state(context.get_state(lambda: 0) + context.get_input())
+
+
 @app.activity_trigger(input_name="n")
 def bench_double(n: int) -> int:
     """Twice n."""
@@ -131,13 +143,24 @@ class Sizes:
     sequential: int
     fan_out: int
     instances: int
+    entity_ops: int
     idle_settle_s: float
     idle_window_s: float
     timeout_s: float
 
 
-FULL = Sizes(sequential=200, fan_out=1000, instances=100, idle_settle_s=10, idle_window_s=60, timeout_s=300)
-QUICK = Sizes(sequential=30, fan_out=100, instances=20, idle_settle_s=2, idle_window_s=10, timeout_s=60)
+FULL = Sizes(
+    sequential=200,
+    fan_out=1000,
+    instances=100,
+    entity_ops=1000,
+    idle_settle_s=10,
+    idle_window_s=60,
+    timeout_s=300,
+)
+QUICK = Sizes(
+    sequential=30, fan_out=100, instances=20, entity_ops=200, idle_settle_s=2, idle_window_s=10, timeout_s=60
+)
 
 
 @dataclass
@@ -492,6 +515,38 @@ class Bench:
         self.figures["instances_start_s"] = started  # the client's start_new calls, all at once
         self.figures["instances_storage_ops_per_activity"] = window.calls_total() / (3 * n)
 
+    async def entities(self) -> None:
+        """N client signals to one entity, until its state shows every one applied."""
+        assert self.client is not None
+        client = self.client
+        n = self.sizes.entity_ops
+        entity = EntityId("bench_counter", "one")
+        gate = asyncio.Semaphore(SIGNALS_IN_FLIGHT)
+        sent = 0.0
+
+        async def signal() -> None:
+            async with gate:
+                await client.signal_entity(entity, "add", 1)
+
+        async def body() -> None:
+            nonlocal sent
+            begin = time.perf_counter()
+            await asyncio.gather(*(signal() for _ in range(n)))
+            sent = time.perf_counter() - begin
+            deadline = time.monotonic() + self.sizes.timeout_s
+            while (state := (await client.read_entity_state(entity)).entity_state) != n:
+                if time.monotonic() > deadline:
+                    raise CheckFailed(
+                        f"entity state is {state!r} after {self.sizes.timeout_s:.0f} s, not {n}"
+                    )
+                self.check_worker()
+                await asyncio.sleep(POLL_S)
+
+        window = await self.measure("entity", body)
+        self.figures["entity_ops_per_s"] = n / window.elapsed
+        self.figures["entity_send_s"] = sent
+        self.figures["entity_storage_ops_per_op"] = window.calls_total() / n
+
     async def idle(self) -> None:
         """Calls per minute of the idle worker, after a short settle."""
         await asyncio.sleep(self.sizes.idle_settle_s)
@@ -511,6 +566,7 @@ class Bench:
             "sequential": self.sequential,
             "fanout": self.fan_out,
             "instances": self.instances,
+            "entities": self.entities,
             "idle": self.idle,
         }
 
@@ -536,6 +592,7 @@ async def amain(sizes: Sizes, only: list[str] | None = None) -> int:
         print(f"# target {name} {op} {value}")
     print(
         f"# sizes: sequential {sizes.sequential}, fan-out {sizes.fan_out}, instances {sizes.instances}, "
+        f"entity signals {sizes.entity_ops}, "
         f"idle {sizes.idle_window_s:g} s after {sizes.idle_settle_s:g} s; partitionCount {PARTITIONS}; "
         f"python {sys.version.split()[0]}, {os.cpu_count()} cores",
         flush=True,
@@ -567,11 +624,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, well under a minute")
     parser.add_argument(
-        "--only", help="comma-separated scenarios to run (sequential, fanout, instances, idle); default all"
+        "--only",
+        help="comma-separated scenarios to run (sequential, fanout, instances, entities, idle); default all",
     )
     args = parser.parse_args(argv)
     only = [name.strip() for name in args.only.split(",")] if args.only else None
-    known = ("sequential", "fanout", "instances", "idle")
+    known = ("sequential", "fanout", "instances", "entities", "idle")
     if only and not set(only) <= set(known):
         parser.error(f"--only takes {', '.join(known)}")
     return asyncio.run(amain(QUICK if args.quick else FULL, only))

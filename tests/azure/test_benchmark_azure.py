@@ -23,6 +23,8 @@ FIGURES = [
     "storage_ops_per_activity_table",
     "storage_ops_per_activity_queue",
     "storage_ops_per_activity_blob",
+    "entity_ops_per_s",
+    "entity_storage_ops_per_op",
     "idle_storage_calls_per_min",
 ]
 
@@ -36,4 +38,4 @@ def test_quick_benchmark_prints_every_figure() -> None:
     for name in FIGURES:
         assert math.isfinite(figures[name]) and figures[name] >= 0, (name, figures[name])
     targets = [line for line in proc.stdout.splitlines() if line.startswith("# target ")]
-    assert len(targets) == 5, proc.stdout
+    assert len(targets) == 6, proc.stdout

@@ -98,6 +98,15 @@ class _Known:
     local_rows: dict[str, set[tuple[str | None, int]]]
 
 
+@dataclass
+class _Waker:
+    """The wake-up of one instance being sent (``busy``) and the one callers wait for next."""
+
+    busy: bool = False
+    waiting: asyncio.Future[None] | None = None
+    task: asyncio.Future[None] | None = None
+
+
 class LocalActivities:
     """Lets the backend hand activities to this process instead of the work-item queue.
 
@@ -158,6 +167,7 @@ class AzureBackend(Backend):
         self.on_enqueue: Callable[[str], None] | None = None
         self.local_activities: LocalActivities | None = None
         self._known: OrderedDict[str, _Known] = OrderedDict()
+        self._wakers: dict[str, _Waker] = {}
 
     # ------------------------------------------------------------- task hub
 
@@ -269,7 +279,43 @@ class AzureBackend(Backend):
             await self._enqueue(queue, {"m": body}, delay)
             return
         await self._write_inbox(message)
-        await self._enqueue(queue, {"i": message.instance_id}, delay)
+        if delay is not None and delay > timedelta(0):
+            await self._enqueue(queue, {"i": message.instance_id}, delay)
+        else:
+            await self._wake(message.instance_id)
+
+    async def _wake(self, instance_id: str) -> None:
+        """Enqueue a wake-up that starts after this call: concurrent callers share one.
+
+        A caller joins the wake-up that has not been sent yet, so its own inbox
+        row (written before it calls) is there when the wake-up is handled;
+        a burst of messages to one instance costs a few enqueues, not one each.
+        """
+        waker = self._wakers.get(instance_id)
+        if waker is None:
+            waker = self._wakers[instance_id] = _Waker()
+        if waker.waiting is None:
+            waker.waiting = asyncio.get_running_loop().create_future()
+            if not waker.busy:
+                waker.busy = True
+                waker.task = asyncio.ensure_future(self._pump_wakes(instance_id, waker))
+        await asyncio.shield(waker.waiting)
+
+    async def _pump_wakes(self, instance_id: str, waker: _Waker) -> None:
+        queue = self.control_queue_for(instance_id)
+        try:
+            while waker.waiting is not None:
+                done, waker.waiting = waker.waiting, None
+                try:
+                    await self._enqueue(queue, {"i": instance_id})
+                except Exception as exc:
+                    done.set_exception(exc)
+                else:
+                    done.set_result(None)
+        finally:
+            waker.busy = False
+            if self._wakers.get(instance_id) is waker:
+                del self._wakers[instance_id]
 
     async def _write_inbox(self, message: Message) -> None:
         body = r.message_to_json(message)
