@@ -18,7 +18,7 @@ from .backends.base import Backend, LoadedInstance
 from .backends.memory import MemoryBackend
 from .clock import Clock
 from .core import history as h
-from .core.entities import is_entity_instance, run_entity_step
+from .core.entities import is_entity_instance, needs_step, run_entity_step
 from .core.errors import ConflictError, NonDeterministicOrchestrationError
 from .core.executor import OrchestrationExecutor, exception_failure
 from .core.registry import Registry
@@ -110,7 +110,9 @@ class Engine:
         """Apply an entity's pending requests, as one batch, in one committed step."""
         for _attempt in range(self.max_conflict_retries):
             loaded = await self.backend.load(instance_id, 0, messages)
-            if loaded is None or not loaded.inbox:
+            if loaded is None:
+                return None
+            if not loaded.inbox and not needs_step(loaded.record, self.clock.now()):
                 return None
             step = run_entity_step(self.registry, loaded.record, loaded.inbox, self.clock.now())
             try:

@@ -149,3 +149,76 @@ def parent_child(context: df.DurableOrchestrationContext):
     children = [context.call_sub_orchestrator("hello_sequence") for _ in range(2)]
     results = yield context.task_all(children)
     return [greeting for result in results for greeting in result]
+
+
+# ------------------------------------------------------------------------ entities
+
+
+@app.entity_trigger(context_name="context")
+def counter(context: df.DurableEntityContext) -> None:
+    """A counter: ``add`` (input: a number), ``reset`` and ``get`` (returns the value)."""
+    value = context.get_state(lambda: 0)
+    operation = context.operation_name
+    if operation == "add":
+        amount = context.get_input()
+        if not isinstance(amount, (int, float)) or isinstance(amount, bool):
+            raise ValueError(f"add takes a number, got {amount!r}")
+        value += amount
+    elif operation == "reset":
+        value = 0
+    elif operation != "get":
+        raise ValueError(f"counter has no operation {operation!r} (add, reset, get)")
+    context.set_state(value)
+    context.set_result(value)
+
+
+class Account:
+    """A bank account, as a class-based entity: public methods are its operations."""
+
+    def __init__(self) -> None:
+        self.balance = 0
+
+    def deposit(self, amount: int) -> int:
+        """Add ``amount``; returns the new balance."""
+        if amount <= 0:
+            raise ValueError("a deposit must be positive")
+        self.balance += amount
+        return self.balance
+
+    def withdraw(self, amount: int) -> int:
+        """Take ``amount`` out; refuses to go below zero."""
+        if amount <= 0 or amount > self.balance:
+            raise ValueError(f"cannot withdraw {amount} from a balance of {self.balance}")
+        self.balance -= amount
+        return self.balance
+
+    def get(self) -> int:
+        """The balance."""
+        return self.balance
+
+
+app.entity_trigger(context_name="context", entity_name="account")(Account)
+
+
+@app.orchestration_trigger(context_name="context")
+def transfer(context: df.DurableOrchestrationContext):
+    """Move ``amount`` from account ``from`` to account ``to`` inside a critical section.
+
+    Input ``{"from": "alice", "to": "bob", "amount": 30}``. While both accounts
+    are locked no other orchestration can touch them, so the balance checked
+    is the balance debited.
+    """
+    order = context.get_input()
+    source = df.EntityId("account", order["from"])
+    target = df.EntityId("account", order["to"])
+    amount = order["amount"]
+    with (yield context.lock([source, target])):
+        balance = yield context.call_entity(source, "get")
+        if balance < amount:
+            return {"transferred": False, "reason": f"balance {balance} is less than {amount}"}
+        yield context.call_entity(source, "withdraw", amount)
+        yield context.call_entity(target, "deposit", amount)
+    balances = yield context.task_all(
+        [context.call_entity(source, "get"), context.call_entity(target, "get")]
+    )
+    return {"transferred": True, "balances": {order["from"]: balances[0], order["to"]: balances[1]}}

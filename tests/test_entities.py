@@ -26,6 +26,7 @@ from durable_ext.core.entities import (
     EntityRequest,
     SchedulerState,
     SendCounters,
+    needs_step,
     run_entity_step,
 )
 from durable_ext.core.registry import Registry
@@ -456,6 +457,7 @@ def test_a_sender_seen_long_ago_or_a_lost_predecessor_does_not_block_forever() -
     record = apply(registry, record, [recent[2]])
     assert "c" not in journal_state(record)  # its predecessor is recent: wait for it
     later = NOW + timedelta(hours=1)  # past the reorder window: apply what waited
+    assert not needs_step(record, NOW) and needs_step(record, later)  # the engine steps even with no inbox
     record = apply(registry, record, [], later)
     assert journal_state(record)["c"] == [2]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from function_app import app
 
+import durable_ext as df
 from durable_ext import OrchestrationRuntimeStatus
 from durable_ext.testing import DurableTestEnv
 
@@ -48,3 +49,24 @@ async def test_retry_demo(env: DurableTestEnv) -> None:
 
 async def test_parent_child(env: DurableTestEnv) -> None:
     assert await env.run("parent_child") == ["Hello Tokyo!", "Hello Seattle!", "Hello London!"] * 2
+
+
+async def test_counter_entity(env: DurableTestEnv) -> None:
+    entity = df.EntityId("counter", "sample")
+    for op, value in (("add", 5), ("add", 2.5), ("add", "x"), ("get", None)):
+        await env.client.signal_entity(entity, op, value)
+    await env.run_until_idle()
+    assert (await env.client.read_entity_state(entity)).entity_state == 7.5  # "x" was refused
+    await env.client.signal_entity(entity, "reset")
+    await env.run_until_idle()
+    assert (await env.client.read_entity_state(entity)).entity_state == 0
+
+
+async def test_transfer_between_accounts(env: DurableTestEnv) -> None:
+    await env.client.signal_entity(df.EntityId("account", "alice"), "deposit", 100)
+    moved = await env.run("transfer", {"from": "alice", "to": "bob", "amount": 30})
+    assert moved == {"transferred": True, "balances": {"alice": 70, "bob": 30}}
+    refused = await env.run("transfer", {"from": "bob", "to": "alice", "amount": 31})
+    assert refused == {"transferred": False, "reason": "balance 30 is less than 31"}
+    state = await env.client.read_entity_state(df.EntityId("account", "alice"))
+    assert state.entity_state == {"balance": 70}

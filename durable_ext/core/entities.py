@@ -589,7 +589,7 @@ class _Step:
                     in_order = seq == 1 or (
                         prev is not None and h.parse_timestamp(prev) < self.now - self.window
                     )
-                overdue = h.parse_timestamp(req.get("recv") or self.stamp) < self.now - self.window
+                overdue = h.parse_timestamp(req.get("recv") or self.stamp) <= self.now - self.window
                 if in_order or overdue:
                     ready.append(req)
                     last = seq
@@ -692,9 +692,26 @@ class _Step:
         self.out.append(Message(req.parent, event, req.parent_execution))
 
     def next_due(self) -> datetime | None:
-        """When a held message becomes due (scheduled signals), for a wake-up backstop."""
-        times = [h.parse_timestamp(r["at"]) for r in self.s.held if r.get("at")]
-        return min(times) if times else None
+        """When a held message becomes due without any new message (for a wake-up backstop)."""
+        return next_due(self.s, self.window)
+
+
+def next_due(scheduler: SchedulerState, window: timedelta = REORDER_WINDOW) -> datetime | None:
+    """When the earliest held message becomes due: a scheduled signal's time, or the end
+    of an out-of-order message's wait for its predecessor."""
+    times = []
+    for req in scheduler.held:
+        if req.get("at"):
+            times.append(h.parse_timestamp(req["at"]))
+        elif req.get("recv"):
+            times.append(h.parse_timestamp(req["recv"]) + window)
+    return min(times) if times else None
+
+
+def needs_step(record: InstanceRecord, now: datetime) -> bool:
+    """Whether an entity with an empty inbox still has held messages that are due by ``now``."""
+    due = next_due(SchedulerState.from_json(record.input))
+    return due is not None and due <= now
 
 
 def run_entity_step(

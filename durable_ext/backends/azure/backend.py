@@ -546,7 +546,7 @@ class AzureBackend(Backend):
             if not any(x == rec.execution_id and t in open_now for x, t in tasks)
         ]
         deletes = list(dict.fromkeys([*consumed, *private.drop_keys, *answered]))  # once each per batch
-        if not (step.new_events or step.reset_history or deletes):
+        if not (step.new_events or step.reset_history or deletes or rec.input != loaded.record.input):
             return  # only duplicates arrived: nothing to write
         for key in deletes:
             ops.append(("delete", {"PartitionKey": iid, "RowKey": key}))
