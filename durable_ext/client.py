@@ -29,6 +29,7 @@ from .core.entities import (
     convert_state,
     entity_instance_id,
     entity_state_of,
+    is_entity_instance,
 )
 from .core.errors import InstanceNotFailedError, InstanceNotFoundError, InvalidInstanceIdError
 from .core.runtime import InstanceRecord, Message, start_message
@@ -365,13 +366,15 @@ class DurableOrchestrationClient:
         self,
         entity_name: str | None = None,
         *,
-        fetch_state: bool = True,
+        fetch_state: bool = False,
         page_size: int = 100,
         continuation_token: str | None = None,
     ) -> EntityQueryResult:
         """One page of existing entities (of one name, when given), with their state."""
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
+        if entity_name is not None:
+            EntityId(entity_name, "-")  # the name's rules: non-empty, no '@'
         prefix = f"@{entity_name.lower()}@" if entity_name else "@"
         query = InstanceQuery(
             instance_id_prefix=prefix, page_size=page_size, continuation=continuation_token, entities=True
@@ -486,7 +489,12 @@ class DurableOrchestrationClient:
         return base
 
     async def _require(self, instance_id: str) -> InstanceRecord:
+        """The record of an orchestration instance (entities are driven only by their operations)."""
         validate_instance_id(instance_id)
+        if is_entity_instance(instance_id):
+            raise InvalidInstanceIdError(
+                f"'{instance_id}' is an entity; use signal_entity, not the orchestration management calls"
+            )
         record = await self._backend.get_instance(instance_id)
         if record is None:
             raise InstanceNotFoundError(f"no instance with id '{instance_id}'")

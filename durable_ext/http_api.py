@@ -20,13 +20,30 @@ start with ``admin`` and ``runtime``)::
     POST   instances/{instanceId}/resume?reason=           resume     202 | 404 | 410
     POST   instances/{instanceId}/restart                  restart    202 | 404 | 409
     POST   instances/{instanceId}/rewind?reason=           rewind     202 | 404 | 410
+    POST   entities/{entityName}/{entityKey}?op=           signal     202 | 400 | 404
+    DELETE entities/{entityName}/{entityKey}               signal     202 | 400 | 404 (operation "delete")
+    GET    entities/{entityName}/{entityKey}               state      200 | 400 | 404
+    GET    entities/[{entityName}]                         list       200 (+ x-ms-continuation-token)
+
+Entities: a signal's body is the operation input (decoded as raiseEvent's
+data: ``Content-Type: application/json``, the official client's double
+encoding undone); a missing ``op`` is the operation ``""``, as in the
+extension. With a ``registry``, signaling an entity name the app does not
+define is a 404 (documented). The state of an entity that was never signaled
+or was deleted is a 404. Listing takes ``top``, ``fetchState`` (default
+false), ``lastOperationTimeFrom`` / ``lastOperationTimeTo`` and the
+continuation header; a page may hold fewer than ``top`` entities (deleted
+ones are skipped) and still carry a token. The ``instances/`` routes do not
+act on entity ids (``@name@key``): they answer 404 and point to
+``entities/``, except ``DELETE instances/@name@key``, which purges the entity
+as the extension does.
 
 ``ManagementApi.handle`` takes an ``ApiRequest`` and returns an ``ApiResponse``;
 ``aiohttp_app`` serves it with aiohttp, ``from_func_request`` and
 ``to_func_response`` adapt it to an Azure Functions HTTP trigger. Bad input
 gets a 4xx with ``{"error": "..."}`` (400 bad id, JSON, date, status name or
-number; 401 missing function key; 404 unknown route; 405 wrong method);
-``entities/`` answers 501. No request produces a 500 except the documented
+number, entity name or key; 401 missing function key; 404 unknown route;
+405 wrong method). No request produces a 500 except the documented
 opt-in ``returnInternalServerErrorOnFailure=true`` on a Failed instance.
 """
 
@@ -55,6 +72,7 @@ from .client import (
     DurableOrchestrationStatus,
     validate_instance_id,
 )
+from .core.entities import EntityId, is_entity_instance
 from .core.errors import (
     InstanceAlreadyExistsError,
     InstanceNotFailedError,
@@ -275,14 +293,22 @@ class ManagementApi:
             if len(segs) == 3 and operation in _INSTANCE_OPERATIONS:
                 _allow(method, "POST")
                 return await getattr(self, f"_{operation}")(call, segs[1])
-        if head == "entities":
-            raise ApiError(501, "the entity HTTP API (entities/{name}/{key}) is not implemented yet")
+        if head == "entities" and len(segs) == 3:
+            _allow(method, "GET", "POST", "DELETE")
+            entity = _entity_id(segs[1], segs[2])
+            if method == "GET":
+                return await self._entity_state(entity)
+            return await self._signal_entity(call, entity, "delete" if method == "DELETE" else None)
+        if head == "entities" and len(segs) in (1, 2):
+            _allow(method, "GET")
+            return await self._list_entities(call, segs[1] if len(segs) == 2 else None)
         raise ApiError(
             404,
             f"no route for {call.request.path!r}; routes below {self.base_path!r} are "
             "orchestrators/{name}[/{instanceId}], instances/, instances/{instanceId}, "
-            "instances/{instanceId}/raiseEvent/{eventName} and "
-            "instances/{instanceId}/terminate|suspend|resume|restart|rewind",
+            "instances/{instanceId}/raiseEvent/{eventName}, "
+            "instances/{instanceId}/terminate|suspend|resume|restart|rewind, "
+            "entities/[{entityName}] and entities/{entityName}/{entityKey}",
         )
 
     def _authorize(self, call: _Call) -> None:
@@ -310,7 +336,7 @@ class ManagementApi:
         return self._check_status_response(call, new_id)
 
     async def _status(self, call: _Call, instance_id: str) -> ApiResponse:
-        validate_instance_id(instance_id)
+        _orchestration_id(instance_id)
         show_history = _bool(call, "showHistory", False)
         show_history_output = _bool(call, "showHistoryOutput", False)
         show_input = _bool(call, "showInput", True)
@@ -346,6 +372,12 @@ class ManagementApi:
 
     async def _purge(self, instance_id: str) -> ApiResponse:
         validate_instance_id(instance_id)
+        if is_entity_instance(instance_id):
+            # the extension purges entities here, whatever their state (they never finish)
+            purged = await self.client.purge_instance_history(instance_id)
+            if not purged.instances_deleted:
+                raise ApiError(404, f"no entity with id '{instance_id}'")
+            return ApiResponse.json(200, {"instancesDeleted": purged.instances_deleted})
         status = await self.client.get_status(instance_id)
         if status is None:
             raise ApiError(404, f"no instance with id '{instance_id}'")
@@ -382,12 +414,7 @@ class ManagementApi:
         if not event_name:
             raise ApiError(400, "the event name in raiseEvent/{eventName} is empty")
         await self._require_active(instance_id, "can no longer receive events")
-        body = call.request.body
-        if body.strip():
-            media = call.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-            if media != "application/json":
-                raise ApiError(400, "event data must be sent as Content-Type: application/json")
-        data = decode_json_body(body, f"data of event '{event_name}'")
+        data = _json_content(call, "event data", f"data of event '{event_name}'")
         await self.client.raise_event(instance_id, event_name, data)
         return ApiResponse(202)
 
@@ -407,6 +434,7 @@ class ManagementApi:
         return ApiResponse(202)
 
     async def _restart(self, call: _Call, instance_id: str) -> ApiResponse:
+        _orchestration_id(instance_id)
         new_id = _bool(call, "restartWithNewInstanceId", True)
         restarted = await self.client.restart(instance_id, new_id)
         return self._check_status_response(call, restarted)
@@ -421,10 +449,49 @@ class ManagementApi:
         await self.client.rewind(instance_id, call.query.get("reason") or "")
         return ApiResponse(202)
 
+    async def _signal_entity(self, call: _Call, entity: EntityId, operation: str | None) -> ApiResponse:
+        if self.registry is not None and self.registry.find("entity", entity.name) is None:
+            raise ApiError(404, f"no entity function named '{entity.name}' is registered in this app")
+        if operation is None:
+            operation = call.query.get("op") or ""  # optional; the extension sends "" without it
+        data = _json_content(call, "the operation input", f"input of operation '{operation}'")
+        await self.client.signal_entity(entity, operation, data)
+        return ApiResponse(202)
+
+    async def _entity_state(self, entity: EntityId) -> ApiResponse:
+        response = await self.client.read_entity_state(entity)
+        if not response.entity_exists:
+            raise ApiError(404, f"no entity with id '{entity}' (never signaled, or deleted)")
+        return ApiResponse.json(200, response.entity_state)
+
+    async def _list_entities(self, call: _Call, name: str | None) -> ApiResponse:
+        if name is not None:
+            _entity_name(name)
+        top = _int(call, "top", DEFAULT_PAGE_SIZE)
+        fetch_state = _bool(call, "fetchState", False)
+        after = _date(call, "lastOperationTimeFrom")
+        before = _date(call, "lastOperationTimeTo")
+        result = await self.client.list_entities(
+            name or None,
+            fetch_state=fetch_state,
+            page_size=min(top, MAX_PAGE_SIZE),
+            continuation_token=_decode_token(call.headers.get(CONTINUATION_HEADER)),
+        )
+        entities = [
+            e
+            for e in result.entities
+            if (after is None or e.last_operation_time >= after)
+            and (before is None or e.last_operation_time <= before)
+        ]
+        headers = {}
+        if result.continuation_token:
+            headers[CONTINUATION_HEADER] = _encode_token(result.continuation_token)
+        return ApiResponse.json(200, [e.to_json() for e in entities], headers)
+
     # ------------------------------------------------------------------ helpers
 
     async def _require(self, instance_id: str) -> DurableOrchestrationStatus:
-        validate_instance_id(instance_id)
+        _orchestration_id(instance_id)
         status = await self.client.get_status(instance_id)
         if status is None:
             raise ApiError(404, f"no instance with id '{instance_id}'")
@@ -483,6 +550,58 @@ def decode_json_body(body: bytes, what: str = "request body") -> Any:
         except orjson.JSONDecodeError:
             return value
     return value
+
+
+def _json_content(call: _Call, what: str, payload: str) -> Any:
+    """A JSON request body (raiseEvent, signal): ``Content-Type: application/json`` when not empty."""
+    body = call.request.body
+    if body.strip():
+        media = call.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media != "application/json":
+            raise ApiError(400, f"{what} must be sent as Content-Type: application/json")
+    return decode_json_body(body, payload)
+
+
+def _entity_name(name: str) -> str:
+    """The name of an ``entities/{name}`` route; 400 for a name an entity id cannot hold."""
+    if not name.strip():
+        raise ApiError(400, "the entity name in entities/{entityName} is empty")
+    if "@" in name:
+        raise ApiError(400, f"entity name {name!r} must not contain '@'")
+    try:
+        validate_instance_id(name)
+    except InvalidInstanceIdError as exc:
+        raise ApiError(400, f"invalid entity name: {exc}") from None
+    return name
+
+
+def _entity_id(name: str, key: str) -> EntityId:
+    """The entity of an ``entities/{name}/{key}`` route; 400 for a name or key storage cannot take."""
+    _entity_name(name)
+    if not key:
+        raise ApiError(400, "the entity key in entities/{entityName}/{entityKey} is empty")
+    entity = EntityId(name, key)
+    try:
+        validate_instance_id(key)
+    except InvalidInstanceIdError as exc:
+        raise ApiError(400, f"invalid entity key: {exc}") from None
+    try:
+        validate_instance_id(str(entity))  # name and key fit, but together they may be too long
+    except InvalidInstanceIdError as exc:
+        raise ApiError(400, f"invalid entity id: {exc}") from None
+    return entity
+
+
+def _orchestration_id(instance_id: str) -> str:
+    """A valid orchestration instance id; an entity's id (``@name@key``) is a 404 here."""
+    validate_instance_id(instance_id)
+    if is_entity_instance(instance_id):
+        raise ApiError(
+            404,
+            f"'{instance_id}' is an entity, not an orchestration instance; "
+            "use entities/{entityName}/{entityKey}",
+        )
+    return instance_id
 
 
 def _status_payload(status: DurableOrchestrationStatus) -> dict[str, Any]:

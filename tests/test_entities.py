@@ -247,8 +247,9 @@ def test_entity_id_follows_the_official_scheduler_id() -> None:
     for name, key in (("", "k"), ("n", ""), ("a@b", "k")):
         with pytest.raises(ValueError):
             df.EntityId(name, key)
-    with pytest.raises(ValueError, match="not an entity instance id"):
-        df.EntityId.get_entity_id("counter")
+    for text in ("counter", "@counter@", "@@k", "@counter"):
+        with pytest.raises(ValueError, match="not an entity instance id"):
+            df.EntityId.get_entity_id(text)
 
 
 # ------------------------------------------------------------- operations, client
@@ -384,6 +385,11 @@ async def test_listing_entities_and_instances_stay_apart(env: DurableTestEnv) ->
     assert all(e.state is None for e in everything.entities)
     with pytest.raises(df.InvalidInstanceIdError, match="reserved for entities"):
         await env.client.start_new("use_counter", "@counter@x")
+    for call in (env.client.raise_event("@counter@l1", "op", {}), env.client.terminate("@counter@l1")):
+        with pytest.raises(df.InvalidInstanceIdError, match="is an entity"):
+            await call
+    with pytest.raises(ValueError, match="must not contain '@'"):
+        await env.client.list_entities("a@b")
 
 
 # ------------------------------------------------------------------------ ordering

@@ -538,10 +538,6 @@ async def test_purge_by_filter(served: Served) -> None:
     assert_error(await served.call("DELETE", "instances/?createdTimeFrom=2000-01-01"), 404, "no finished")
 
 
-async def test_entities_are_not_implemented(served: Served) -> None:
-    assert_error(await served.call("GET", "entities/Counter/steps"), 501, "not implemented")
-
-
 # ------------------------------------------------------------------------------ bad input
 
 

@@ -94,7 +94,8 @@ class EntityId:
 
 def is_entity_instance(instance_id: str) -> bool:
     """Whether an instance id names an entity (``@name@key``)."""
-    return instance_id.startswith("@") and "@" in instance_id[1:] and not instance_id.startswith("@@")
+    second = instance_id.find("@", 1)
+    return instance_id.startswith("@") and 1 < second < len(instance_id) - 1
 
 
 def entity_instance_id(target: EntityId | str) -> str:
