@@ -206,7 +206,7 @@ def transfer(context: df.DurableOrchestrationContext):
 
     Input ``{"from": "alice", "to": "bob", "amount": 30}``. While both accounts
     are locked no other orchestration can touch them, so the balance checked
-    is the balance debited.
+    is the balance debited; the balances returned are those right after the move.
     """
     order = context.get_input()
     source = df.EntityId("account", order["from"])
@@ -216,9 +216,6 @@ def transfer(context: df.DurableOrchestrationContext):
         balance = yield context.call_entity(source, "get")
         if balance < amount:
             return {"transferred": False, "reason": f"balance {balance} is less than {amount}"}
-        yield context.call_entity(source, "withdraw", amount)
-        yield context.call_entity(target, "deposit", amount)
-    balances = yield context.task_all(
-        [context.call_entity(source, "get"), context.call_entity(target, "get")]
-    )
-    return {"transferred": True, "balances": {order["from"]: balances[0], order["to"]: balances[1]}}
+        left = yield context.call_entity(source, "withdraw", amount)
+        now = yield context.call_entity(target, "deposit", amount)
+    return {"transferred": True, "balances": {order["from"]: left, order["to"]: now}}

@@ -113,6 +113,52 @@ async def test_every_sample_over_http(http: aiohttp.ClientSession, host: HostPro
     assert "Executed 'durabletask_management' (Succeeded" in log
 
 
+async def entity_state(http: aiohttp.ClientSession, url: str, expected: Any, timeout: float = 20.0) -> Any:
+    """GET an entity's state until it equals ``expected`` (404 while it does not exist yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        async with http.get(url) as resp:
+            body = await resp.json()
+            assert resp.status in (200, 404), body
+        if resp.status == 200 and body == expected:
+            return body
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} is {body!r}, not {expected!r}, after {timeout}s")
+        await asyncio.sleep(0.1)
+
+
+async def test_entity_samples_over_http(http: aiohttp.ClientSession, host: HostProcess) -> None:
+    api = f"{host.base}/api/durabletask"
+    counter = f"{api}/entities/counter/visits"
+    async with http.get(counter) as resp:
+        assert resp.status == 404  # never signaled
+    for op, value in (("add", 5), ("add", 2), ("reset", None), ("add", 10), ("add", 1)):
+        async with http.post(f"{counter}?op={op}", json=value) as resp:
+            assert resp.status == 202, await resp.text()
+    assert await entity_state(http, counter, 11) == 11  # signals of one sender, in order
+
+    async with http.post(f"{api}/entities/account/alice?op=deposit", json=100) as resp:
+        assert resp.status == 202, await resp.text()
+    await entity_state(http, f"{api}/entities/account/alice", {"balance": 100})
+    orders = [{"from": "alice", "to": "bob", "amount": 30}, {"from": "bob", "to": "carol", "amount": 20}]
+    orders += [{"from": "carol", "to": "alice", "amount": 50}, {"from": "alice", "to": "carol", "amount": 25}]
+    started = [await start(http, host, "transfer", order) for order in orders]
+    outputs = [await poll(http, p["statusQueryGetUri"]) for p in started]
+    assert all(o["runtimeStatus"] == "Completed" for o in outputs), outputs
+    balances = {}
+    for name in ("alice", "bob", "carol"):
+        async with http.get(f"{api}/entities/account/{name}") as resp:
+            balances[name] = (await resp.json())["balance"]
+    assert sum(balances.values()) == 100 and min(balances.values()) >= 0, balances
+    assert outputs[0]["output"] == {"transferred": True, "balances": {"alice": 70, "bob": 30}}
+
+    async with http.get(f"{api}/entities/account?fetchState=true") as resp:
+        listed = {e["entityId"]["key"]: e["state"] for e in await resp.json()}
+    assert listed == {name: {"balance": value} for name, value in balances.items()}
+    async with http.get(f"{api}/instances/@counter@visits") as resp:
+        assert resp.status == 404  # entities are not orchestration instances
+
+
 async def test_terminate_via_terminate_post_uri(http: aiohttp.ClientSession, host: HostProcess) -> None:
     payload = await start(http, host, "approval_workflow", {"timeout_s": 3600})
     await wait_custom_status(http, payload["statusQueryGetUri"])
