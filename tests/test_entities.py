@@ -8,7 +8,9 @@ shuffles, splits and duplicates the messages of several senders.
 
 from __future__ import annotations
 
+import json
 import random
+import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -579,3 +581,39 @@ async def test_entity_histories_replay_deterministically(env: DurableTestEnv) ->
     assert [e["InstanceId"] for e in sent][:2] == ["@account@r1", "@account@r1"]  # lock, then get
     result = replay(transfer, history)
     assert result.is_done and result.output is True and result.actions == []
+
+
+def _official_flow(context: Any):
+    """Written against the official API only: signal, call, a failing call, call."""
+    entity = df.EntityId("counter", context.instance_id)
+    context.signal_entity(entity, "add", 2)
+    first = yield context.call_entity(entity, "add", 3)
+    try:
+        yield context.call_entity(entity, "fail")
+        error = None
+    except Exception:  # the official SDK raises a plain Exception, durable_ext a subclass of it
+        error = "failed"
+    return [first, (yield context.call_entity(entity, "get")), error]
+
+
+app.orchestration_trigger(context_name="context", orchestration="official_flow")(_official_flow)
+
+
+async def test_the_official_sdk_replays_entity_histories(env: DurableTestEnv) -> None:
+    from azure.durable_functions import Orchestrator
+
+    iid = await env.start("official_flow", None, "official-1")
+    status = await env.wait_for_completion(iid)
+    assert status.output == [5, 5, "failed"]
+    history = await env.history(iid)
+    body = {
+        "history": history,
+        "instanceId": iid,
+        "isReplaying": True,
+        "parentInstanceId": None,
+        "input": None,
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the SDK warns about its own bookkeeping
+        state = json.loads(Orchestrator.create(_official_flow)(json.dumps(body)))
+    assert (state["isDone"], state["output"]) == (True, [5, 5, "failed"])

@@ -188,9 +188,11 @@ _REQUEST_FIELDS = (
 
 def response_json(result_json: str | None, failure: dict[str, Any] | None) -> str:
     """The answer to a call: its result, or the failure of the operation."""
-    if failure is not None:
-        return to_json({"exceptionType": failure.get("ErrorType"), "failure": failure}) or "{}"
-    return to_json({"result": result_json}) or "{}"
+    if failure is not None:  # "result" too: the official SDK reads it for failures as well
+        message = f"{failure.get('ErrorType')}: {failure.get('ErrorMessage')}"
+        body = {"result": to_json(message), "exceptionType": failure.get("ErrorType"), "failure": failure}
+        return to_json(body) or "{}"
+    return to_json({"result": result_json if result_json is not None else "null"}) or "{}"
 
 
 def lock_granted_json(request: EntityRequest) -> str:
