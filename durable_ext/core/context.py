@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .actions import ActionType
-from .entities import OPERATION_EVENT, EntityId, EntityRequest, SendCounters, entity_instance_id, sender_of
+from .entities import OPERATION_EVENT, EntityId, EntityRequest, entity_instance_id, orchestration_counters
 from .errors import LockingRulesViolationError
 from .history import format_timestamp
 from .retry import RetryOptions
@@ -294,8 +294,7 @@ class DurableOrchestrationContext:
 
     def _send_entity(self, kind: ActionType, target: str, request: EntityRequest, task: AtomicTask) -> Task:
         x = self._x
-        if request.at is None:  # scheduled signals apply when due, outside the sender order
-            SendCounters(sender_of(x), x.entity_sent).stamp(request, target, x.now())
+        orchestration_counters(x).stamp(request, target, x.now())
         x.schedule(
             kind,
             task,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,7 +34,7 @@ from .errors import DurableError
 from .executor import exception_failure
 from .registry import FunctionInfo, Registry, UnknownFunctionError
 from .runtime import InstanceRecord, Message, StepResult, new_id
-from .serialization import convert, from_json, to_json
+from .serialization import annotation_of, convert, from_json, to_json
 from .status import OrchestrationRuntimeStatus as Status
 
 #: Name of the ``EventRaised`` that carries a request to an entity.
@@ -130,17 +130,8 @@ class EntityRequest:
     at: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The request as a JSON object (empty fields left out)."""
-        out: dict[str, Any] = {"id": self.id, "kind": self.kind}
-        for key in ("op", "input", "parent", "parent_execution", "lockset", "sender", "prev", "at"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value
-        if self.pos:
-            out["pos"] = self.pos
-        if self.seq:
-            out["seq"] = self.seq
-        return out
+        """The request as a JSON object (empty fields and zero ``pos``/``seq`` left out)."""
+        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None and v != 0}
 
     def to_json(self) -> str:
         """The JSON text stored in the ``op`` event."""
@@ -153,10 +144,10 @@ class EntityRequest:
             raise ValueError(f"not an entity request: {data!r:.200}")
         if data.get("kind") not in ("call", "signal", "lock", "release"):
             raise ValueError(f"unknown entity request kind {data.get('kind')!r}")
-        fields = {k: data[k] for k in _REQUEST_FIELDS if k in data}
-        fields["pos"] = int(fields.get("pos") or 0)
-        fields["seq"] = int(fields.get("seq") or 0)
-        return cls(**fields)
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        values["pos"] = int(values.get("pos") or 0)
+        values["seq"] = int(values.get("seq") or 0)
+        return cls(**values)
 
     @classmethod
     def from_json(cls, text: str | None) -> EntityRequest:
@@ -168,22 +159,6 @@ class EntityRequest:
         visible = h.parse_timestamp(self.at) if self.at else None
         event = h.event_raised(h.format_timestamp(now), OPERATION_EVENT, self.to_json())
         return Message(target, event, None, visible)
-
-
-_REQUEST_FIELDS = (
-    "id",
-    "kind",
-    "op",
-    "input",
-    "parent",
-    "parent_execution",
-    "lockset",
-    "pos",
-    "sender",
-    "seq",
-    "prev",
-    "at",
-)
 
 
 def response_json(result_json: str | None, failure: dict[str, Any] | None) -> str:
@@ -237,7 +212,13 @@ class SendCounters:
     sent: dict[str, list[Any]] = field(default_factory=dict)
 
     def stamp(self, request: EntityRequest, target: str, now: datetime) -> None:
-        """Give ``request`` the next sequence number towards ``target``."""
+        """Give ``request`` the next sequence number towards ``target``.
+
+        A scheduled request (``at``) stays unsequenced: it applies when due,
+        and waiting for it must not hold back the sender's later messages.
+        """
+        if request.at is not None:
+            return
         last = self.sent.get(target)
         request.sender = self.sender
         request.seq = (last[0] if last else 0) + 1
@@ -245,9 +226,9 @@ class SendCounters:
         self.sent[target] = [request.seq, h.format_timestamp(now)]
 
 
-def sender_of(x: Any) -> str:
-    """The sender key of an orchestration execution (its sequence numbers restart with each one)."""
-    return f"{x.instance_id}|{x.execution_id or ''}"
+def orchestration_counters(x: Any) -> SendCounters:
+    """The send counters of an orchestration execution (its numbers restart with each execution)."""
+    return SendCounters(f"{x.instance_id}|{x.execution_id or ''}", x.entity_sent)
 
 
 class CriticalSection:
@@ -267,29 +248,16 @@ class CriticalSection:
     def release(self) -> None:
         """Release the locks now (once; the orchestration's end releases them too)."""
         from .actions import ActionType
+        from .tasks import AtomicTask
 
         x = self._x
         section = x.critical_section
         if x.is_done or section is None or section["id"] != self.id:
             return  # already released, or the orchestration's end releases them
         x.critical_section = None
-        counters = SendCounters(sender_of(x), x.entity_sent)
         for target in self.lockset:
             request = EntityRequest(self.id, "release", parent=x.instance_id)
-            counters.stamp(request, target, x.now())
-            x.schedule(
-                ActionType.SignalEntity,
-                _done_task(),
-                name=OPERATION_EVENT,
-                input=request.to_json(),
-                instance_id=target,
-            )
-
-
-def _done_task() -> Any:
-    from .tasks import AtomicTask
-
-    return AtomicTask(-1, "release")
+            x.context._send_entity(ActionType.SignalEntity, target, request, AtomicTask(-1, "release"))
 
 
 def end_of_execution_releases(x: Any, now: datetime) -> list[Message]:
@@ -298,8 +266,7 @@ def end_of_execution_releases(x: Any, now: datetime) -> list[Message]:
     if section is None:
         return []
     x.critical_section = None
-    counters = SendCounters(sender_of(x), x.entity_sent)
-    return release_messages(x.instance_id, section["id"], section["lockset"], now, counters)
+    return release_messages(x.instance_id, section["id"], section["lockset"], now, orchestration_counters(x))
 
 
 # ----------------------------------------------------------------------- scheduler state
@@ -494,7 +461,7 @@ def _run_class_operation(cls: type, ctx: DurableEntityContext) -> Any:
     method = getattr(obj, op)
     params = [p for p in inspect.signature(method).parameters.values() if p.kind != p.VAR_KEYWORD]
     if params:
-        hint = _param_type(method, params[0].name)
+        hint = annotation_of(method, params[0].name)
         result = method(ctx.get_input(hint))
     else:
         result = method()
@@ -505,12 +472,6 @@ def _run_class_operation(cls: type, ctx: DurableEntityContext) -> Any:
 def _typed(cls: type) -> bool:
     """Whether pydantic can rebuild ``cls`` from JSON (dataclass or pydantic model)."""
     return hasattr(cls, "__dataclass_fields__") or hasattr(cls, "model_validate")
-
-
-def _param_type(method: Any, name: str) -> Any:
-    from .serialization import annotation_of
-
-    return annotation_of(method, name)
 
 
 def run_operation(info: FunctionInfo, ctx: DurableEntityContext) -> Any:
@@ -680,10 +641,9 @@ class _Step:
             ctx._reset(exists, state)
             for target, op, payload, when in ctx._signals:
                 signal = EntityRequest(new_id(), "signal", op=op, input=payload)
-                if when is not None:  # scheduled signals apply when due, outside the sender order
+                if when is not None:
                     signal.at = h.format_timestamp(when)
-                else:
-                    self.counters.stamp(signal, target, self.now)
+                self.counters.stamp(signal, target, self.now)
                 self.out.append(signal.message(target, self.now))
         if req.kind == "call":
             self._answer(req, response_json(result_json, failure))
@@ -740,10 +700,7 @@ def run_entity_step(
             request = EntityRequest.from_json(event.get("Input"))
         except (ValueError, TypeError, DurableError):
             continue
-        data = request.to_dict()
-        if request.at is None and message.visible_at is not None and message.visible_at > now:
-            data["at"] = h.format_timestamp(message.visible_at)
-        incoming.append(data)
+        incoming.append(request.to_dict())
     step.run(step.deliverable(incoming))
 
     rec = replace(record)
