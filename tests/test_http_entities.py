@@ -21,7 +21,7 @@ from aiohttp import web
 from azure.durable_functions.models.utils import http_utils as official_http
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from test_http_api import Reply, Served, ThreadedServer, assert_error, serve
+from test_http_api import Reply, Served, ThreadedServer, assert_error, bodies, serve
 
 import durable_ext as df
 from durable_ext.core.history import parse_timestamp
@@ -541,15 +541,6 @@ queries = st.dictionaries(
     ),
     st.one_of(st.sampled_from(["true", "false", "1", "0", "-2", "2024-01-01T00:00:00Z", "add", ""]), ops),
     max_size=4,
-)
-bodies = st.one_of(
-    st.just(b""),
-    st.binary(max_size=200),
-    st.recursive(
-        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-        max_leaves=10,
-    ).map(lambda v: json.dumps(v).encode()),
 )
 
 

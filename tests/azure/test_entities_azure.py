@@ -734,17 +734,18 @@ async def test_ended_orchestrations_leave_entities_unlocked(hub: EntityHub) -> N
                 lock = await lock_of(entity)
                 return lock is not None and lock["owner"] == iid
 
+            async def waits_at(entity: df.EntityId, iid: str) -> bool:
+                """``iid``'s lock request is queued at ``entity``."""
+                queue = (await scheduler_state(hub.backend, entity)).get("queue", [])
+                return any(r.get("kind") == "lock" and r.get("parent") == iid for r in queue)
+
             # 1. holder locks b; waiter locks a and then waits at b
             holder = await hub.client.start_new("hold_lock", client_input=["b"])
             await eventually(lambda: owner_is(b, holder), what="holder locks b")
             waiter = await hub.client.start_new("transfer", client_input=move("a", "b", 10))
             await eventually(lambda: owner_is(a, waiter), what="waiter locks a")
 
-            async def waits_at_b() -> bool:
-                queue = (await scheduler_state(hub.backend, b)).get("queue", [])
-                return any(r.get("kind") == "lock" and r.get("parent") == waiter for r in queue)
-
-            await eventually(waits_at_b, what="waiter queued at b")
+            await eventually(lambda: waits_at(b, waiter), what="waiter queued at b")
             # 2. terminate the waiter (it holds a, waits for b), then the holder (holds b)
             await hub.client.terminate(waiter, "stop waiting")
             assert (await hub.client.wait_for_completion(waiter, 10)).runtime_status == Status.Terminated
@@ -770,11 +771,7 @@ async def test_ended_orchestrations_leave_entities_unlocked(hub: EntityHub) -> N
             await eventually(lambda: owner_is(a, first), what="holder locks a")
             queued = await hub.client.start_new("transfer", client_input=move("a", "b", 10))
 
-            async def waits_at_a() -> bool:
-                queue = (await scheduler_state(hub.backend, a)).get("queue", [])
-                return any(r.get("kind") == "lock" and r.get("parent") == queued for r in queue)
-
-            await eventually(waits_at_a, what="waiter queued at a")
+            await eventually(lambda: waits_at(a, queued), what="waiter queued at a")
             await hub.client.terminate(queued, "stop waiting at a")
             assert (await hub.client.wait_for_completion(queued, 10)).runtime_status == Status.Terminated
             assert await owner_is(a, first)
