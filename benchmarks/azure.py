@@ -4,7 +4,7 @@ Starts its own Azurite, writes a small function app (a sequence of N
 activities, a fan-out of N activities gathered with ``task_all``, a
 3-activity sequence; trivial activities) with ``partitionCount`` 4 and a
 unique hub name into a temporary folder, starts ONE worker process
-(``python -m durable_ext.worker APP_DIR``) on it and measures, as seen by a
+(``python -m durable_ext.host.worker APP_DIR``) on it and measures, as seen by a
 client with its own connection here:
 
 - ``sequential_activities_per_s``: one instance calling N activities in turn;
@@ -285,7 +285,7 @@ class Bench:
         self.azurite = Azurite().start()
         self.write_app()
         env = self.worker_env()
-        command = [sys.executable, "-m", "durable_ext.worker", str(self.folder)]
+        command = [sys.executable, "-m", "durable_ext.host.worker", str(self.folder)]
         profile = os.environ.get("DURABLE_EXT_BENCH_PROFILE")
         if profile:
             command[1:1] = ["-m", "cProfile", "-o", str(Path(profile).resolve())]

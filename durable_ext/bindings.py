@@ -21,7 +21,7 @@ from .client import DurableOrchestrationClient
 from .config import ConfigError, DurableTaskOptions, _strip_json_comments
 
 if TYPE_CHECKING:
-    from .host.queues import QueueMessage
+    from .handlers import QueueMessage
 
 log = logging.getLogger("durable_ext.bindings")
 
@@ -40,6 +40,42 @@ def control_function(index: int) -> str:
 def is_builtin_function(name: str) -> bool:
     """Whether ``name`` is one of the functions ``DurableApp`` registers itself."""
     return name.startswith("durabletask_")
+
+
+#: host.json ``logging.logLevel`` values as Python logging levels
+_LEVELS = {
+    "trace": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "information": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "none": logging.CRITICAL + 10,
+}
+
+
+def apply_log_levels(doc: Mapping[str, Any]) -> None:
+    """Set Python log levels from host.json ``logging.logLevel``; the Azure SDK stays at Warning.
+
+    The Python worker logs at Information, so without this every storage
+    request and response of the Azure SDK would reach the host's log (and
+    Application Insights). Keys naming Python loggers (``azure``,
+    ``azure.core.pipeline``, ``durable_ext``, ``durable_ext.activity``, ...) set
+    those loggers' levels; the host's own categories are left to the host.
+    """
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    section = doc.get("logging") if isinstance(doc.get("logging"), dict) else None
+    levels = section.get("logLevel") if section else None
+    if not isinstance(levels, dict):
+        return
+    for name, value in levels.items():
+        if not any(name == root or name.startswith(f"{root}.") for root in ("azure", "durable_ext")):
+            continue
+        level = _LEVELS.get(str(value).lower())
+        if level is None:
+            log.warning("host.json logging.logLevel.%s: unknown level %r", name, value)
+            continue
+        logging.getLogger(name).setLevel(level)
 
 
 @dataclass
@@ -89,12 +125,13 @@ def load_host_settings(
     settings = os.environ if settings is None else settings
     doc = read_host_json(app_dir)
     options = DurableTaskOptions.from_host_json(doc or {"version": "2.0"}, settings)
+    apply_log_levels(doc)
     return HostSettings(options, route_prefix(doc, settings))
 
 
 def queue_message(msg: Any) -> QueueMessage:
     """A ``func.QueueMessage`` (the host decodes base64 bodies) as the handlers' ``QueueMessage``."""
-    from .host.queues import QueueMessage
+    from .handlers import QueueMessage
 
     body = msg.get_body()
     content = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or "")
@@ -150,20 +187,20 @@ class DurableRuntime:
         """Build from app settings (default ``os.environ``), as on a stock Functions host."""
         from .backends.azure.backend import AzureBackend
         from .backends.azure.connection import resolve_connection
-        from .engine import Engine
-        from .worker import DurableHandlers
+        from .handlers import DurableHandlers
 
         settings = dict(os.environ if settings is None else settings)
         options = host.options
         backend = AzureBackend(resolve_connection(settings, options.connection_name), options)
         await backend.create_task_hub()
-        engine = Engine(registry, backend)
-        handlers = DurableHandlers(engine, backend, options.max_concurrent_orchestrator_functions)
+        handlers = DurableHandlers(registry, backend, options)
+        handlers.attach()  # activities, starts, events and timers of this process run here at once
         log.info("durable runtime ready for hub %s", options.hub_name)
         key = settings.get(MANAGEMENT_KEY_SETTING) or None
         return cls(registry, host, backend, handlers, management_key=key, owned=True)
 
     async def close(self) -> None:
-        """Close the backend when this runtime created it."""
+        """Hand back in-process work and close the backend when this runtime created it."""
         if self.owned:
+            await self.handlers.close()
             await self.backend.close()

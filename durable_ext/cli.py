@@ -32,7 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("azure").setLevel(logging.WARNING)
     if args.command == "start":
         from .host.server import serve
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -19,13 +20,17 @@ from .backends.memory import MemoryBackend
 from .clock import Clock
 from .core import history as h
 from .core.entities import is_entity_instance, needs_step, run_entity_step
-from .core.errors import ConflictError, NonDeterministicOrchestrationError
+from .core.errors import ConflictError, NonDeterministicOrchestrationError, StaleStateError
 from .core.executor import OrchestrationExecutor, exception_failure
 from .core.registry import Registry
 from .core.runtime import ActivityRequest, Message, StepResult, run_step
 from .core.serialization import convert, from_json, to_json
 
 log = logging.getLogger("durable_ext")
+# One line per orchestration step, activity run and entity batch, under names users can filter.
+orchestration_log = logging.getLogger("durable_ext.orchestration")
+activity_log = logging.getLogger("durable_ext.activity")
+entity_log = logging.getLogger("durable_ext.entity")
 
 
 @dataclass
@@ -53,7 +58,14 @@ class Engine:
         self.cache_size = cache_size
         self.max_conflict_retries = max_conflict_retries
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
-        self.stats = {"steps": 0, "replays": 0, "cache_hits": 0, "conflicts": 0, "activities": 0}
+        self.stats = {
+            "steps": 0,
+            "replays": 0,
+            "cache_hits": 0,
+            "conflicts": 0,
+            "stale_hints": 0,
+            "activities": 0,
+        }
 
     # ------------------------------------------------------------ orchestrations
 
@@ -67,6 +79,7 @@ class Engine:
         """
         if is_entity_instance(instance_id):
             return await self._process_entity(instance_id, messages)
+        begin = time.perf_counter()
         for attempt in range(self.max_conflict_retries):
             cached = self._cache.get(instance_id)
             history_from = cached.history_len if cached else 0
@@ -94,6 +107,10 @@ class Engine:
             )
             try:
                 await self.backend.commit(loaded, step)
+            except StaleStateError:
+                # nothing was applied, so the cached replay state is intact: read what is newer
+                self.stats["stale_hints"] += 1
+                continue
             except ConflictError:
                 self.stats["conflicts"] += 1
                 self._cache.pop(instance_id, None)
@@ -103,12 +120,14 @@ class Engine:
                 raise
             self.stats["steps"] += 1
             self._remember(instance_id, loaded, step)
+            _log_step(instance_id, step, len(loaded.inbox), attempt, begin)
             return step
         raise ConflictError(f"instance '{instance_id}' kept changing; gave up after retries")
 
     async def _process_entity(self, instance_id: str, messages: list[Message] | None) -> StepResult | None:
         """Apply an entity's pending requests, as one batch, in one committed step."""
-        for _attempt in range(self.max_conflict_retries):
+        begin = time.perf_counter()
+        for attempt in range(self.max_conflict_retries):
             loaded = await self.backend.load(instance_id, 0, messages)
             if loaded is None:
                 return None
@@ -121,6 +140,14 @@ class Engine:
                 self.stats["conflicts"] += 1
                 continue
             self.stats["steps"] += 1
+            if entity_log.isEnabledFor(logging.INFO):
+                entity_log.info(
+                    "entity %s: %d messages applied in %.1f ms%s",
+                    instance_id,
+                    len(loaded.inbox),
+                    (time.perf_counter() - begin) * 1000,
+                    f" ({attempt} retries)" if attempt else "",
+                )
             return step
         raise ConflictError(f"entity '{instance_id}' kept changing; gave up after retries")
 
@@ -173,6 +200,7 @@ class Engine:
     async def run_activity(self, request: ActivityRequest) -> Message:
         """Run one activity and return the completion message for its orchestration."""
         stamp = h.format_timestamp(self.clock.now())
+        begin = time.perf_counter()
         try:
             info = self.registry.get("activity", request.name)
             value = from_json(request.input, None, f"input of activity '{request.name}'")
@@ -183,11 +211,44 @@ class Engine:
                 result = await asyncio.to_thread(_call_sync, info.fn, info.input_name, value)
             payload = to_json(result, f"result of activity '{request.name}'")
             event = h.task_completed(stamp, request.task_id, payload)
+            activity_log.info(
+                "activity '%s' of %s (task %d): Completed in %.1f ms",
+                request.name,
+                request.instance_id,
+                request.task_id,
+                (time.perf_counter() - begin) * 1000,
+            )
         except Exception as exc:
-            log.info("activity %s of %s failed: %s", request.name, request.instance_id, exc)
+            activity_log.warning(
+                "activity '%s' of %s (task %d): Failed in %.1f ms: %s: %s",
+                request.name,
+                request.instance_id,
+                request.task_id,
+                (time.perf_counter() - begin) * 1000,
+                type(exc).__name__,
+                exc,
+            )
             event = h.task_failed(stamp, request.task_id, exception_failure(exc))
         self.stats["activities"] += 1
         return Message(request.instance_id, event, request.execution_id)
+
+
+def _log_step(instance_id: str, step: StepResult, messages: int, retries: int, begin: float) -> None:
+    """The line a user reads for one committed orchestration step."""
+    if not orchestration_log.isEnabledFor(logging.INFO):
+        return
+    rec = step.record
+    sent = f", {len(step.activities)} activities and {len(step.messages)} messages sent"
+    orchestration_log.info(
+        "orchestration '%s' %s: %s after %d messages%s in %.1f ms%s",
+        rec.name,
+        instance_id,
+        rec.status.value,
+        messages,
+        sent if step.activities or step.messages else "",
+        (time.perf_counter() - begin) * 1000,
+        f" ({retries} retries)" if retries else "",
+    )
 
 
 async def _call(fn, input_name, value):  # type: ignore[no-untyped-def]

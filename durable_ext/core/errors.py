@@ -77,6 +77,10 @@ class ConflictError(DurableError):
     """Another worker committed the instance first; reload and retry."""
 
 
+class StaleStateError(ConflictError):
+    """A step was judged against a cached state that no read or ETag proved current; reload."""
+
+
 class EntityOperationFailedError(TaskFailedError):
     """An entity operation called from an orchestrator raised; its state change was rolled back."""
 

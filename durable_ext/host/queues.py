@@ -18,12 +18,14 @@ import random
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlparse
 
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.queue.aio import QueueClient
+
+from ..handlers import QueueMessage
 
 logger = logging.getLogger(__name__)
 
@@ -31,20 +33,6 @@ MAX_BATCH_SIZE = 32  # the service returns at most 32 messages per receive
 MAX_VISIBILITY = timedelta(days=7)  # the service's limit for any visibility timeout
 POISON_SUFFIX = "-poison"
 _MAX_QUEUE_NAME = 63
-
-
-@dataclass
-class QueueMessage:
-    """One received message, detached from the SDK so handlers are testable without it.
-
-    ``pop_receipt`` is kept current by the runner when it renews the lease.
-    """
-
-    id: str
-    pop_receipt: str
-    content: str
-    dequeue_count: int
-    inserted_on: datetime | None = None
 
 
 class KeepMessage(Exception):

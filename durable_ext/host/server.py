@@ -60,7 +60,8 @@ from aiohttp import web
 
 from ..bindings import DurableRuntime, is_builtin_function
 from ..config import parse_timespan
-from .queues import QueueMessage, QueueTriggerOptions, QueueTriggerRunner
+from ..handlers import QueueMessage
+from .queues import QueueTriggerOptions, QueueTriggerRunner
 
 log = logging.getLogger("durable_ext.host")
 
@@ -289,7 +290,8 @@ class LocalHost:
         """Load the app, start storage if needed, the worker, the triggers and the HTTP server."""
         from ..backends.azure.backend import AzureBackend
         from ..backends.azure.connection import StorageCallCounter, resolve_connection
-        from ..worker import AzureWorker, EnvFaults
+        from ..handlers import EnvFaults
+        from .worker import AzureWorker
         from .loader import load_app
 
         applied = apply_local_settings(self.app_dir)

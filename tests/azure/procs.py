@@ -2,7 +2,7 @@
 
 ``open_hub`` creates a fresh task hub with a function app folder (``crash_app.py``
 as ``function_app.py`` plus its ``host.json``); ``WorkerProcess`` runs
-``python -m durable_ext.worker`` on it and stops or kills exactly the process
+``python -m durable_ext.host.worker`` on it and stops or kills exactly the process
 it started; ``history_problems`` lists what is lost or duplicated in a history.
 """
 
@@ -30,7 +30,7 @@ from durable_ext.client import DurableOrchestrationClient
 from durable_ext.clock import Clock
 from durable_ext.config import DurableTaskOptions
 from durable_ext.core.history import Event, EventType
-from durable_ext.worker import AzureWorker
+from durable_ext.host.worker import AzureWorker
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -133,7 +133,7 @@ async def open_hub(folder: Path, connection_string: str) -> Hub:
 
 
 class WorkerProcess:
-    """One ``python -m durable_ext.worker APP_DIR`` child; only this object's pid is ever signalled."""
+    """One ``python -m durable_ext.host.worker APP_DIR`` child; only this object's pid is ever signalled."""
 
     def __init__(
         self,
@@ -160,7 +160,7 @@ class WorkerProcess:
         )
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - open for the child's lifetime
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "durable_ext.worker", str(app_dir)],
+            [sys.executable, "-m", "durable_ext.host.worker", str(app_dir)],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -10,7 +10,7 @@ from function_app import app
 from durable_ext import OrchestrationRuntimeStatus as Status
 from durable_ext.backends.azure.backend import AzureBackend
 from durable_ext.client import DurableOrchestrationClient
-from durable_ext.worker import AzureWorker
+from durable_ext.host.worker import AzureWorker
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ from durable_ext.core import history as h
 from durable_ext.core.history import EventType
 from durable_ext.core.runtime import InstanceRecord, Message, run_step, start_message
 from durable_ext.host.azurite import Azurite
-from durable_ext.worker import AzureWorker
+from durable_ext.host.worker import AzureWorker
 
 POINTS = ["commit.before", "commit.after", "dispatch.after", "outbox.deleted"]
 # Worst case after a crash: an in-flight activity is re-queued by the sweep after its lease plus

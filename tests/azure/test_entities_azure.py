@@ -1,7 +1,7 @@
 """Durable entities on a real Azurite: state, calls, listing, scheduled signals, order, crashes, locks.
 
 The app is ``entity_app.py`` (run in this process, or copied as ``function_app.py``
-for ``python -m durable_ext.worker`` processes). Every test gets a fresh hub with
+for ``python -m durable_ext.host.worker`` processes). Every test gets a fresh hub with
 short repair intervals so a crash is repaired within seconds.
 
 * basics: client signals and reads, ``call_entity`` results and failures (a failing
@@ -60,7 +60,7 @@ from durable_ext.backends.azure.connection import resolve_connection
 from durable_ext.client import DurableOrchestrationClient
 from durable_ext.core.entities import EntityRequest, SchedulerState, run_entity_step
 from durable_ext.host.azurite import Azurite
-from durable_ext.worker import AzureWorker
+from durable_ext.host.worker import AzureWorker
 
 HERE = Path(__file__).resolve().parent
 REPAIR_AFTER = 1.5  # seconds (the worker processes get the same)

@@ -14,7 +14,7 @@ from durable_ext import OrchestrationRuntimeStatus as Status
 from durable_ext.backends.azure.backend import AzureBackend
 from durable_ext.backends.base import InstanceQuery
 from durable_ext.client import DurableOrchestrationClient
-from durable_ext.worker import AzureWorker
+from durable_ext.host.worker import AzureWorker
 
 app = df.DurableApp()
 

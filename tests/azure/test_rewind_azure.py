@@ -15,7 +15,7 @@ from durable_ext import OrchestrationRuntimeStatus as Status
 from durable_ext.backends.azure import rows as r
 from durable_ext.backends.azure.backend import AzureBackend
 from durable_ext.client import DurableOrchestrationClient
-from durable_ext.worker import AzureWorker
+from durable_ext.host.worker import AzureWorker
 
 app = df.DurableApp()
 CALLS: dict[str, list[str]] = defaultdict(list)

@@ -23,8 +23,8 @@ from durable_ext import OrchestrationRuntimeStatus as Status
 from durable_ext.backends.azure.backend import AzureBackend
 from durable_ext.clock import VirtualClock
 from durable_ext.core.history import EventType, parse_timestamp
+from durable_ext.handlers import QueueMessage
 from durable_ext.host.azurite import Azurite
-from durable_ext.host.queues import QueueMessage
 
 NO_SWEEP = 3600.0  # repair_after for tests where only the timer's own message may fire it
 
@@ -146,15 +146,21 @@ async def test_timer_never_fires_early(hub: Hub, seconds: float) -> None:
 
 
 async def test_lost_timer_message_is_refired_by_the_sweep(hub: Hub) -> None:
-    """The timer's queue message vanishes; the sweep re-sends it once fire time + repair_after passed."""
-    backend = hub.new_backend()
+    """The timer's queue message vanishes after the process that set it stopped (so no in-process
+    timer fires it either); the sweep re-sends it once fire time + repair_after passed."""
+    first = hub.new_backend()
     try:
-        async with hub.worker(backend, repair_interval=REPAIR_INTERVAL):
+        async with hub.worker(first):
             iid = await hub.client.start_new("timer_flow", client_input={"seconds": 5})
             created = await wait_for_event(hub.backend, iid, EventType.TimerCreated)
             assert await control_queue_counts(hub.backend, iid, (1, 0)) == (1, 0)  # the timer is sent
-            await hub.backend.control_queue_for(iid).clear_messages()
-            assert await control_queue_counts(hub.backend, iid, (0, 0)) == (0, 0)
+    finally:
+        await first.close()
+    await hub.backend.control_queue_for(iid).clear_messages()
+    assert await control_queue_counts(hub.backend, iid, (0, 0)) == (0, 0)
+    backend = hub.new_backend()
+    try:
+        async with hub.worker(backend, repair_interval=REPAIR_INTERVAL):
             status = await hub.client.wait_for_completion(iid, timeout=25)
             completed_at = backend.clock.now()
     finally:
@@ -163,6 +169,7 @@ async def test_lost_timer_message_is_refired_by_the_sweep(hub: Hub) -> None:
     late = (completed_at - fire_at).total_seconds()
     bound = REPAIR_AFTER + REPAIR_INTERVAL + 3.0
     assert REPAIR_AFTER * 0.9 <= late <= bound, f"fired {late:.1f}s after its time (bound {bound}s)"
+    assert backend.repairs >= 1
     assert_fired_once(await hub.backend.get_history(iid), status.output)
 
 

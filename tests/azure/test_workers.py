@@ -1,6 +1,6 @@
 """Several worker processes on one task hub, and the per-process concurrency limits.
 
-The scale-out test starts ``python -m durable_ext.worker APP_DIR`` twice on one
+The scale-out test starts ``python -m durable_ext.host.worker APP_DIR`` twice on one
 hub (an app folder written here, with its own host.json) and runs 200 mixed
 instances to their expected outputs; activities log when they start and end,
 so the test can check ``maxConcurrentActivityFunctions`` in each process.
@@ -36,7 +36,7 @@ from durable_ext.client import DurableOrchestrationClient
 from durable_ext.config import DurableTaskOptions
 from durable_ext.core.runtime import StepResult
 from durable_ext.host.azurite import Azurite
-from durable_ext.worker import AzureWorker
+from durable_ext.host.worker import AzureWorker
 
 ROOT = Path(__file__).resolve().parents[2]
 ACTIVITY_LIMIT = 2
@@ -172,7 +172,7 @@ class Workers:
             env = {**self.env, "DURABLE_EXT_STATS_FILE": str(stats)}
             with open(log, "wb") as out:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "durable_ext.worker", str(self.app_dir)],
+                    [sys.executable, "-m", "durable_ext.host.worker", str(self.app_dir)],
                     env=env,
                     stdout=out,
                     stderr=subprocess.STDOUT,

@@ -39,7 +39,7 @@ from ...config import (
 )
 from ...core import history as h
 from ...core.entities import is_entity_instance, new_entity_record
-from ...core.errors import ConflictError, DurableError, InstanceAlreadyExistsError
+from ...core.errors import ConflictError, DurableError, InstanceAlreadyExistsError, StaleStateError
 from ...core.history import Event, EventType
 from ...core.runtime import ActivityRequest, InstanceRecord, Message, StepResult, failure_step
 from ...core.status import OrchestrationRuntimeStatus as Status
@@ -52,6 +52,7 @@ log = logging.getLogger("durable_ext.azure")
 #: Events whose duplicates history absorbs (same task id): sent inside the queue message.
 _INLINE = frozenset({EventType.TaskCompleted, EventType.TaskFailed, EventType.TimerFired})
 _MAX_VISIBILITY = timedelta(days=6, hours=23)  # queues allow 7 days
+_LOCAL_TIMER_HORIZON = timedelta(hours=1)  # timers due later are left to the queue alone
 _INBOX_PER_STEP = 40
 _KNOWN_MAX = 4096  # instances whose last commit this process remembers (hot path)
 _BLOB_PROPS = {  # record properties that move to a blob when too big for a table property
@@ -85,6 +86,8 @@ class _Loaded:
     drop_keys: list[str] = field(default_factory=list)  # duplicate inbox rows and stale history
     overflow: bool = False  # more inbox rows than one step takes: wake again after commit
     local_rows: dict[str, set[tuple[str | None, int]]] = field(default_factory=dict)
+    #: taken from this process's last commit, not read: a hint that only the commit's ETag proves
+    hint: bool = False
 
 
 @dataclass
@@ -105,6 +108,41 @@ class _Waker:
     busy: bool = False
     waiting: asyncio.Future[None] | None = None
     task: asyncio.Future[None] | None = None
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    """A queue message this process sent: enough to delete it again."""
+
+    queue: Any
+    id: str
+    pop_receipt: str
+
+
+class LocalDispatcher:
+    """Lets the backend apply in this process the messages it sends to instances.
+
+    When ``accepts()`` the backend enqueues the message's durable copy made
+    invisible for a grace period past its due time, and calls ``run`` with the
+    future of that copy; the dispatcher applies the message (at ``due``) and
+    then discards the copy through ``AzureBackend.discard``.
+    """
+
+    #: how long a queued copy stays invisible past its due time while this process applies it
+    grace = timedelta(seconds=10)
+
+    def accepts(self) -> bool:  # pragma: no cover - interface
+        """Whether it takes one more message now."""
+        return False
+
+    def run(  # pragma: no cover - interface
+        self,
+        instance_id: str,
+        messages: list[Message],
+        due: datetime | None,
+        backup: asyncio.Future[SentMessage | None],
+    ) -> None:
+        """Apply ``messages`` (empty: the instance's inbox) to the instance at ``due``."""
 
 
 class LocalActivities:
@@ -166,6 +204,8 @@ class AzureBackend(Backend):
         self.blobs = connection.blob_service().get_container_client(large_messages_container(self.hub))
         self.on_enqueue: Callable[[str], None] | None = None
         self.local_activities: LocalActivities | None = None
+        self.dispatcher: LocalDispatcher | None = None
+        self.repairs = 0  # repairs the sweep made: 0 unless something failed
         self._known: OrderedDict[str, _Known] = OrderedDict()
         self._wakers: dict[str, _Waker] = {}
 
@@ -255,34 +295,74 @@ class AzureBackend(Backend):
 
     # ---------------------------------------------------------------- sending
 
-    async def _enqueue(self, queue: Any, body: dict[str, Any], delay: timedelta | None = None) -> None:
+    async def _enqueue(self, queue: Any, body: dict[str, Any], delay: timedelta | None = None) -> SentMessage:
         data = orjson.dumps(body).decode()
         seconds = None
         if delay is not None and delay > timedelta(0):
             # whole seconds, rounded up: a timer's message must not become visible before it is due
             seconds = math.ceil(min(delay, _MAX_VISIBILITY).total_seconds())
         # time_to_live=-1: never expire, so a long timer's leg cannot age out while invisible
-        await queue.send_message(data, visibility_timeout=seconds, time_to_live=-1)
+        sent = await queue.send_message(data, visibility_timeout=seconds, time_to_live=-1)
         if self.on_enqueue is not None and not seconds:
             self.on_enqueue(queue.queue_name)
+        return SentMessage(queue, sent.id, sent.pop_receipt)
+
+    async def discard(self, sent: SentMessage) -> None:
+        """Delete a message this process sent (gone, or taken by another process: fine)."""
+        with contextlib.suppress(ResourceNotFoundError, HttpResponseError):
+            await sent.queue.delete_message(sent.id, sent.pop_receipt)
+
+    async def reveal(self, sent: SentMessage, due: datetime | None) -> None:
+        """Make a message this process sent visible at ``due`` (at once when ``None``)."""
+        delay = (due - self.clock.now()) if due is not None else timedelta(0)
+        seconds = math.ceil(min(max(delay, timedelta(0)), _MAX_VISIBILITY).total_seconds())
+        with contextlib.suppress(ResourceNotFoundError, HttpResponseError):
+            await sent.queue.update_message(sent.id, sent.pop_receipt, visibility_timeout=seconds)
+        if self.on_enqueue is not None and not seconds:
+            self.on_enqueue(sent.queue.queue_name)
+
+    async def _notify(
+        self,
+        instance_id: str,
+        body: dict[str, Any],
+        messages: list[Message],
+        due: datetime | None,
+        in_process: bool = True,
+    ) -> None:
+        """Put ``body`` on the instance's control queue, and apply it in this process when it can.
+
+        ``messages`` are what the body carries (none for a wake-up of the
+        inbox), ``due`` when they may be applied. With a local dispatcher the
+        queued copy is the durable backup: invisible until ``grace`` past
+        ``due``, and deleted by the dispatcher once it has applied the messages.
+        """
+        queue = self.control_queue_for(instance_id)
+        delay = due - self.clock.now() if due is not None else timedelta(0)
+        if delay <= timedelta(0):
+            due, delay = None, timedelta(0)
+        dispatcher = self.dispatcher
+        if not in_process or dispatcher is None or delay > _LOCAL_TIMER_HORIZON or not dispatcher.accepts():
+            await self._enqueue(queue, body, delay)
+            return
+        backup = asyncio.ensure_future(self._enqueue(queue, body, delay + dispatcher.grace))
+        dispatcher.run(instance_id, messages, due, backup)
+        await backup
 
     async def send_messages(self, messages: list[Message]) -> None:
         await asyncio.gather(*(self._send(m) for m in messages))
 
-    async def _send(self, message: Message) -> None:
+    async def _send(self, message: Message, in_process: bool = True) -> None:
         body = r.message_to_json(message)
-        queue = self.control_queue_for(message.instance_id)
-        delay = None
-        if message.visible_at is not None:
-            delay = message.visible_at - self.clock.now()
+        iid = message.instance_id
+        due = message.visible_at
         if message.event["EventType"] in _INLINE and len(orjson.dumps(body)) < r.QUEUE_INLINE_LIMIT:
-            await self._enqueue(queue, {"m": body}, delay)
+            await self._notify(iid, {"m": body}, [message], due, in_process)
             return
         await self._write_inbox(message)
-        if delay is not None and delay > timedelta(0):
-            await self._enqueue(queue, {"i": message.instance_id}, delay)
+        if (due is not None and due > self.clock.now()) or not in_process:
+            await self._notify(iid, {"i": iid}, [], due, in_process)
         else:
-            await self._wake(message.instance_id)
+            await self._wake(iid)
 
     async def _wake(self, instance_id: str) -> None:
         """Enqueue a wake-up that starts after this call: concurrent callers share one.
@@ -302,12 +382,11 @@ class AzureBackend(Backend):
         await asyncio.shield(waker.waiting)
 
     async def _pump_wakes(self, instance_id: str, waker: _Waker) -> None:
-        queue = self.control_queue_for(instance_id)
         try:
             while waker.waiting is not None:
                 done, waker.waiting = waker.waiting, None
                 try:
-                    await self._enqueue(queue, {"i": instance_id})
+                    await self._notify(instance_id, {"i": instance_id}, [], None)
                 except Exception as exc:
                     done.set_exception(exc)
                 else:
@@ -330,8 +409,11 @@ class AzureBackend(Backend):
         with contextlib.suppress(ResourceExistsError):
             await self.history.create_entity(entity)
 
-    async def complete_activity(self, request: ActivityRequest, result: Message) -> None:
-        await self._send(result)
+    async def complete_activity(
+        self, request: ActivityRequest, result: Message, *, in_process: bool = True
+    ) -> None:
+        """Send an activity's result to its orchestration (``in_process=False``: by queue only)."""
+        await self._send(result, in_process)
 
     async def enqueue_activity(self, request: ActivityRequest) -> None:
         """Put one work item on the work-item queue (input in a blob when large)."""
@@ -383,7 +465,7 @@ class AzureBackend(Backend):
             raise
         await self._project(iid, props)
         await self._write_inbox(start)
-        await self._enqueue(self.control_queue_for(iid), {"i": iid})
+        await self._wake(iid)
 
     async def _project(self, instance_id: str, props: dict[str, Any]) -> None:
         """Upsert the Instances row that management queries read."""
@@ -414,7 +496,7 @@ class AzureBackend(Backend):
                 history_from=history_from,
                 history_len=known.history_len,
                 inbox=list(messages or ()),
-                etag=_Loaded(known.etag, known.sentinel, local_rows=dict(known.local_rows)),
+                etag=_Loaded(known.etag, known.sentinel, local_rows=dict(known.local_rows), hint=True),
             )
         execution = known.record.execution_id if (known is not None and history_from > 0) else None
         flt = "PartitionKey eq @pk"
@@ -547,7 +629,11 @@ class AzureBackend(Backend):
         ]
         deletes = list(dict.fromkeys([*consumed, *private.drop_keys, *answered]))  # once each per batch
         if not (step.new_events or step.reset_history or deletes or rec.input != loaded.record.input):
-            return  # only duplicates arrived: nothing to write
+            if private.hint:
+                # Judged against this process's last commit, not a read: another process may have
+                # committed since, and what looks like a duplicate may be news. Prove it by reading.
+                raise StaleStateError(f"instance '{iid}' must be read before its messages are judged")
+            return  # only duplicates arrived (judged against a state just read): nothing to write
         for key in deletes:
             ops.append(("delete", {"PartitionKey": iid, "RowKey": key}))
         local_rows = {k: v for k, v in private.local_rows.items() if k not in answered}
@@ -630,7 +716,7 @@ class AzureBackend(Backend):
         if outbox is not None:
             await self.dispatch(iid, outbox, props)
         if private.overflow:
-            await self._enqueue(self.control_queue_for(iid), {"i": iid})
+            await self._wake(iid)
 
     async def _outbox_entity(self, iid: str, key: str, outbox: r.Outbox, due: datetime) -> dict[str, Any]:
         """The outbox row (its content in a blob when it would crowd the transaction)."""
@@ -828,7 +914,7 @@ class AzureBackend(Backend):
             key = entity["RowKey"]
             if key.startswith("o-"):
                 outbox = r.Outbox.from_json(key[2:].removesuffix(_LOCAL), await self._row_data(entity))
-                log.info("repair: re-dispatching outbox %s of %s", key, iid)
+                log.warning("repair: re-dispatching outbox %s of %s", key, iid)
                 if key.endswith(_LOCAL):  # its activities never answered: queue them, keep the row
                     await asyncio.gather(*(self.enqueue_activity(a) for a in outbox.activities))
                     await self._bump(entity, "DueAt", now + self.options.work_item_queue_visibility_timeout)
@@ -837,11 +923,12 @@ class AzureBackend(Backend):
                 repairs += 1
             elif key.startswith("i-") and iid not in woken:
                 woken.add(iid)
-                log.info("repair: waking %s for inbox row %s", iid, key)
-                await self._enqueue(self.control_queue_for(iid), {"i": iid})
+                log.warning("repair: waking %s for inbox row %s", iid, key)
+                await self._wake(iid)
                 repairs += 1
             elif key == r.SENTINEL:
                 repairs += await self._refire(iid, entity)
+        self.repairs += repairs
         return repairs
 
     async def _bump(self, entity: dict[str, Any], column: str, value: datetime) -> None:
@@ -860,7 +947,7 @@ class AzureBackend(Backend):
         """Re-send due timers and re-queue open activities of a stalled instance."""
         now = self.clock.now()
         if is_entity_instance(iid):  # a scheduled signal is due: wake the entity
-            await self._enqueue(self.control_queue_for(iid), {"i": iid})
+            await self._wake(iid)
             await self._bump(sentinel, "CheckAt", now + self.options.work_item_queue_visibility_timeout)
             return 1
         loaded = await self.load(iid)
@@ -896,7 +983,7 @@ class AzureBackend(Backend):
         self.forget(iid)
         await self._bump(sentinel, "CheckAt", now + self.options.work_item_queue_visibility_timeout)
         if count:
-            log.info("repair: re-sent %d timers/activities of %s", count, iid)
+            log.warning("repair: re-sent %d timers/activities of %s", count, iid)
         return count
 
     async def close(self) -> None:

@@ -1,9 +1,16 @@
-"""Queue handlers of the Azure backend and a worker that runs them.
+"""What the built-in queue-triggered functions do, in any process that hosts the app.
 
 ``DurableHandlers`` turns one control-queue or work-item message into an
-engine call; the local host and the Functions bindings call the same
-handlers. ``AzureWorker`` runs them with queue-trigger runners (one per
-control queue plus the work-item queue) and a periodic repair sweep.
+engine call. The Functions bindings (``bindings.py``) call it on Azure, where
+the Functions host polls the queues; the local emulator (``host/``) calls the
+same handlers from its own queue runners. Nothing here polls a queue.
+
+A process that hosts the app also runs work in-process when it can, so that
+the common path never waits for the host's polling (DESIGN.md §8):
+``ActivitySlots`` runs the activities a step schedules, ``LocalDispatch``
+applies the messages this process sends (starts, events, sub-orchestration
+results, timers). The queue copy of each such message stays the durable
+backup and is deduplicated (docs/storage.md, "In-process work").
 """
 
 from __future__ import annotations
@@ -13,21 +20,35 @@ import contextlib
 import logging
 import os
 import signal
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 
 from .backends.azure import rows as r
-from .backends.azure.backend import AzureBackend, FaultHook, LocalActivities
+from .backends.azure.backend import AzureBackend, FaultHook, LocalActivities, LocalDispatcher, SentMessage
 from .config import DurableTaskOptions
 from .core import history as h
 from .core.registry import Registry
 from .core.runtime import ActivityRequest, Message
 from .engine import Engine
-from .host.queues import KeepMessage, QueueMessage, QueueTriggerOptions, QueueTriggerRunner
 
 log = logging.getLogger("durable_ext.worker")
+
+
+@dataclass
+class QueueMessage:
+    """One received queue message, as the handlers need it (detached from any SDK).
+
+    ``pop_receipt`` is kept current by whoever renews the message's lease.
+    """
+
+    id: str
+    pop_receipt: str
+    content: str
+    dequeue_count: int
+    inserted_on: datetime | None = None
 
 
 class _Mailbox:
@@ -55,38 +76,40 @@ class ActivitySlots(LocalActivities):
 
     At most ``limit`` activities run at once, whether the backend handed them
     over at commit time or they came from the work-item queue. The backend may
-    hand over more than there are free slots while the wait for one stays
-    short: ``backlog_wait`` seconds, estimated from the mean run time of the
-    activities this process ran, and only while slots keep freeing up. Those
-    wait here instead of going round the work-item queue (an enqueue, a
-    receive and a delete each); long-running work still goes to the queue,
-    where other workers can take it. The step's ``o-…-l`` row keeps every
-    handed-over activity recoverable, as for one that runs at once.
+    hand over more than there are free slots: those wait here instead of going
+    round the work-item queue (an enqueue, a receive and a delete each, plus the
+    host's polling delay). One that has not started after ``spill_after``
+    seconds goes to the work-item queue after all, where other processes can
+    take it; it never runs here once spilled. The step's ``o-…-l`` row keeps
+    every handed-over activity recoverable, as for one that runs at once.
     """
 
-    def __init__(self, handlers: DurableHandlers, limit: int, backlog_wait: float = 1.0) -> None:
+    #: handed-over activities that may wait per slot while nothing has been measured yet
+    BACKLOG_PER_SLOT = 16
+
+    def __init__(self, handlers: DurableHandlers, limit: int, spill_after: float = 1.0) -> None:
         self.handlers = handlers
         self.limit = limit
-        self.backlog_wait = backlog_wait
+        self.spill_after = spill_after
         self.active = 0  # running now
         self.waiting = 0  # handed over (or reserved by a commit in progress), not running yet
         self.mean_run: float | None = None  # seconds, moving average of finished activities
-        self.last_finish = 0.0  # loop time an activity last finished
         self.running: set[asyncio.Future[None]] = set()
         self.pending: dict[asyncio.Future[None], ActivityRequest] = {}  # handed over, no slot yet
         self._slots = asyncio.Semaphore(limit)
         self.peak = 0
+        self.spilled = 0
 
     def try_reserve(self) -> bool:
         """Take a place for one activity at commit time: a free slot, or a short wait for one."""
         ahead = self.active + self.waiting + 1 - self.limit  # activities to finish before it starts
         if ahead > 0:
             mean = self.mean_run
-            if mean is None or ahead * mean > self.backlog_wait * self.limit:
-                return False  # nothing measured yet, or too long a wait
-            stuck = asyncio.get_running_loop().time() - self.last_finish > self.backlog_wait
-            if self.active >= self.limit and stuck:
-                return False  # every slot busy and none freed lately: the mean does not hold
+            if mean is None:
+                if self.waiting >= self.limit * self.BACKLOG_PER_SLOT:
+                    return False
+            elif ahead * mean > self.spill_after * self.limit:
+                return False  # it would wait longer than it may: the work-item queue is faster
         self.waiting += 1
         return True
 
@@ -104,11 +127,11 @@ class ActivitySlots(LocalActivities):
         """Give back the slot of an activity that ran for ``seconds``."""
         self.active -= 1
         self._slots.release()
-        self.last_finish = asyncio.get_running_loop().time()
         mean = self.mean_run
         self.mean_run = seconds if mean is None else mean + 0.1 * (seconds - mean)
 
     def start(self, requests: list[ActivityRequest]) -> None:
+        """Run activities the backend reserved places for (each holds one until it starts)."""
         for request in requests:
             task = asyncio.ensure_future(self._run(request))
             self.running.add(task)
@@ -123,7 +146,12 @@ class ActivitySlots(LocalActivities):
         handlers = self.handlers
         task = asyncio.current_task()
         try:
-            await self.acquire()
+            try:
+                await asyncio.wait_for(self.acquire(), self.spill_after)
+            except asyncio.TimeoutError:
+                self.spilled += 1
+                await handlers.backend.enqueue_activity(request)
+                return
         finally:
             self.waiting -= 1
             self.pending.pop(task, None)  # type: ignore[arg-type]
@@ -138,17 +166,151 @@ class ActivitySlots(LocalActivities):
         except Exception:  # the o-…-l row is still there: the sweep queues the activity again
             log.warning("result of %s for %s not delivered", request.name, request.instance_id)
 
+    async def stop(self) -> None:
+        """Cancel running activities; send the ones still waiting to the work-item queue."""
+        waiting = list(self.pending.values())  # handed over but never started
+        for task in list(self.running):
+            task.cancel()
+        await asyncio.gather(*self.running, return_exceptions=True)
+        # to the work-item queue, so another worker runs them now rather than after the sweep
+        backend = self.handlers.backend
+        await asyncio.gather(*(backend.enqueue_activity(a) for a in waiting), return_exceptions=True)
+
+
+_Backup = asyncio.Future[SentMessage | None]
+
+
+class LocalDispatch(LocalDispatcher):
+    """Applies here, at once or when due, the messages this process sends to instances.
+
+    The backend gives it each message it has put on a control queue (with the
+    queued copy made invisible for ``grace`` past the message's due time) and
+    the copy's receipt; once the local step has applied the message the copy is
+    deleted, so no other process ever sees it. If this process dies first, the
+    copy becomes visible and any process applies it (history drops duplicates).
+    """
+
+    def __init__(self, handlers: DurableHandlers, limit: int = 10_000) -> None:
+        self.handlers = handlers
+        self.limit = limit
+        #: pending applications: the queued copy of each and when it is due
+        self.tasks: dict[asyncio.Future[None], tuple[_Backup, datetime | None]] = {}
+        self.stopping = False
+        self.applied = 0  # messages (or wake-ups) applied here whose queue copy was discarded
+
+    def accepts(self) -> bool:
+        return not self.stopping and len(self.tasks) < self.limit
+
+    def run(
+        self,
+        instance_id: str,
+        messages: list[Message],
+        due: datetime | None,
+        backup: asyncio.Future[SentMessage | None],
+    ) -> None:
+        task = asyncio.ensure_future(self._apply(instance_id, messages, due, backup))
+        self.tasks[task] = (backup, due)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Future[None]) -> None:
+        self.tasks.pop(task, None)
+
+    async def _apply(
+        self,
+        instance_id: str,
+        messages: list[Message],
+        due: datetime | None,
+        backup: asyncio.Future[SentMessage | None],
+    ) -> None:
+        backend = self.handlers.backend
+        if due is not None:
+            while (wait := (due - backend.clock.now()).total_seconds()) > 0:
+                await asyncio.sleep(wait)  # never early, whatever the event loop's clock says
+            for message in messages:
+                message.visible_at = None
+        try:
+            await self.handlers.process(instance_id, messages)
+        except Exception as exc:
+            # the queued copy takes over at once, with the queue's retries and poison handling
+            log.warning("in-process step of %s failed (%s); its queue message will retry", instance_id, exc)
+            applied = False
+        else:
+            applied = True
+        try:
+            sent = await backup
+        except Exception:
+            return  # not sent: nothing to discard or reveal
+        if sent is None:
+            return
+        if applied:
+            await backend.discard(sent)
+            self.applied += 1
+        else:
+            await backend.reveal(sent, None)
+
+    async def stop(self) -> None:
+        """Stop taking messages and hand the pending ones back to the queue.
+
+        Their queued copies are made visible when due instead of a grace
+        period later, so another process (or the next start of this one)
+        applies them without delay.
+        """
+        self.stopping = True
+        pending = list(self.tasks.items())
+        for task, _ in pending:
+            task.cancel()
+        await asyncio.gather(*(task for task, _ in pending), return_exceptions=True)
+        backend = self.handlers.backend
+        handed: list[Any] = []
+        for _, (backup, due) in pending:
+            if backup.done() and not backup.cancelled() and backup.exception() is None:
+                sent = backup.result()
+                if sent is not None:
+                    handed.append(backend.reveal(sent, due))
+        await asyncio.gather(*handed, return_exceptions=True)
+
 
 class DurableHandlers:
-    """What to do with each kind of queue message, whatever runs the queues."""
+    """What to do with each kind of queue message, whatever runs the queues.
 
-    def __init__(self, engine: Engine, backend: AzureBackend, max_orchestrations: int = 1000) -> None:
-        self.engine = engine
+    ``attach`` makes the backend hand this process the work it can do itself
+    (activities, and messages to instances); ``close`` takes that back.
+    """
+
+    def __init__(self, registry: Registry, backend: AzureBackend, options: DurableTaskOptions) -> None:
+        self.engine = Engine(registry, backend)
         self.backend = backend
+        self.options = options
         self._boxes: dict[str, _Mailbox] = {}
-        self.slots: ActivitySlots | None = None
+        self.slots = ActivitySlots(self, options.max_concurrent_activity_functions)
+        self.dispatch = LocalDispatch(self)
         # maxConcurrentOrchestratorFunctions: steps running at once in this process
-        self.orchestrator_slots = asyncio.Semaphore(max_orchestrations)
+        self.orchestrator_slots = asyncio.Semaphore(options.max_concurrent_orchestrator_functions)
+
+    def attach(self) -> None:
+        """Let the backend run activities and apply sent messages in this process."""
+        self.backend.local_activities = self.slots
+        self.backend.dispatcher = self.dispatch
+
+    async def close(self) -> None:
+        """Hand back in-process work: queued copies and the work-item queue take it over."""
+        if self.backend.dispatcher is self.dispatch:
+            self.backend.dispatcher = None
+        if self.backend.local_activities is self.slots:
+            self.backend.local_activities = None
+        await self.dispatch.stop()
+        await self.slots.stop()
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counters of this process's work (engine, in-process activities and dispatch, repairs)."""
+        return {
+            **self.engine.stats,
+            "peak_activities": self.slots.peak,
+            "spilled_activities": self.slots.spilled,
+            "local_dispatches": self.dispatch.applied,
+            "repairs": self.backend.repairs,
+        }
 
     async def process(self, instance_id: str, messages: list[Message], hot: bool = False) -> None:
         """Apply ``messages`` to the instance, batching with others that arrive meanwhile.
@@ -218,14 +380,12 @@ class DurableHandlers:
             log.warning("dropping malformed work item %s: %.200r", message.id, message.content)
             return
         loop = asyncio.get_running_loop()
-        if self.slots is not None:
-            await self.slots.acquire()
+        await self.slots.acquire()
         begin = loop.time()
         try:
             result = await self.engine.run_activity(request)
         finally:
-            if self.slots is not None:
-                self.slots.finished(loop.time() - begin)
+            self.slots.finished(loop.time() - begin)
         await self.deliver(request, result)
 
     async def deliver(self, request: ActivityRequest, result: Message) -> None:
@@ -240,7 +400,7 @@ class DurableHandlers:
             await self.process(request.instance_id, [result], hot=True)
         except Exception:
             log.warning("in-process delivery to %s failed; sending by queue", request.instance_id)
-            await self.backend.complete_activity(request, result)
+            await self.backend.complete_activity(request, result, in_process=False)
 
     async def on_control_poison(self, message: QueueMessage) -> None:
         """A control message failed too often: fail its instance with the reason."""
@@ -267,109 +427,6 @@ class DurableHandlers:
             await self.backend.complete_activity(
                 request, Message(request.instance_id, event, request.execution_id)
             )
-
-
-class AzureWorker:
-    """One worker process's share of a task hub: queue runners plus the repair sweep."""
-
-    def __init__(
-        self,
-        registry: Registry,
-        backend: AzureBackend,
-        options: DurableTaskOptions,
-        *,
-        repair_interval: timedelta = timedelta(seconds=30),
-    ) -> None:
-        self.backend = backend
-        self.options = options
-        self.engine = Engine(registry, backend)
-        self.handlers = DurableHandlers(self.engine, backend, options.max_concurrent_orchestrator_functions)
-        self.slots = ActivitySlots(self.handlers, options.max_concurrent_activity_functions)
-        self.handlers.slots = self.slots
-        self.repair_interval = repair_interval
-        self.runners: dict[str, QueueTriggerRunner] = {}
-        self._repair_task: asyncio.Task[None] | None = None
-
-    def _queue_options(self, batch: int, visibility: timedelta, max_concurrency: int) -> QueueTriggerOptions:
-        opts = self.options
-        return QueueTriggerOptions(
-            batch_size=max(1, min(32, batch, max_concurrency)),
-            max_dequeue_count=opts.queues.max_dequeue_count,
-            max_polling_interval=opts.max_queue_polling_interval,
-            visibility_timeout=opts.queues.visibility_timeout,
-            message_lease=visibility,
-        )
-
-    async def start(self) -> None:
-        """Create the hub if needed and start polling."""
-        await self.backend.create_task_hub()
-        opts = self.options
-        control_opts = self._queue_options(
-            opts.control_queue_batch_size,
-            opts.control_queue_visibility_timeout,
-            opts.max_concurrent_orchestrator_functions,
-        )
-        for queue in self.backend.control_queues:
-            self.runners[queue.queue_name] = QueueTriggerRunner(
-                queue,
-                self.handlers.on_control,
-                control_opts,
-                on_poison=self.handlers.on_control_poison,
-                name=queue.queue_name,
-            )
-        work_opts = self._queue_options(
-            opts.max_concurrent_activity_functions,
-            opts.work_item_queue_visibility_timeout,
-            opts.max_concurrent_activity_functions,
-        )
-        self.runners[self.backend.workitems.queue_name] = QueueTriggerRunner(
-            self.backend.workitems,
-            self.handlers.on_work_item,
-            work_opts,
-            on_poison=self.handlers.on_work_item_poison,
-            name=self.backend.workitems.queue_name,
-        )
-        self.backend.on_enqueue = self._wake
-        self.backend.local_activities = self.slots
-        for runner in self.runners.values():
-            await runner.start()
-        self._repair_task = asyncio.ensure_future(self._repair_loop())
-
-    def _wake(self, queue_name: str) -> None:
-        runner = self.runners.get(queue_name)
-        if runner is not None:
-            runner.wake()
-
-    async def _repair_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.repair_interval.total_seconds())
-            try:
-                await self.backend.repair()
-            except Exception:  # the sweep must outlive a storage hiccup
-                log.exception("repair sweep failed")
-
-    async def stop(self) -> None:
-        """Stop polling and wait for running handlers."""
-        if self._repair_task is not None:
-            self._repair_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._repair_task
-        await asyncio.gather(*(runner.stop() for runner in self.runners.values()))
-        waiting = list(self.slots.pending.values())  # handed over but never started
-        for task in list(self.slots.running):
-            task.cancel()
-        await asyncio.gather(*self.slots.running, return_exceptions=True)
-        # to the work-item queue, so another worker runs them now rather than after the sweep
-        await asyncio.gather(*(self.backend.enqueue_activity(a) for a in waiting), return_exceptions=True)
-        self.backend.on_enqueue = None
-        self.backend.local_activities = None
-
-    async def __aenter__(self) -> AzureWorker:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.stop()
 
 
 class EnvFaults(FaultHook):
@@ -400,72 +457,4 @@ class EnvFaults(FaultHook):
         raise RuntimeError(f"injected fault at {point}")
 
 
-async def serve(app_dir: str, stop: asyncio.Event | None = None) -> None:
-    """Run one worker for the app in ``app_dir`` until ``stop`` is set (or forever)."""
-    from .backends.azure.connection import StorageCallCounter, resolve_connection
-    from .host.loader import load_app, load_settings
-
-    settings = load_settings(app_dir)
-    app = load_app(app_dir)
-    options = DurableTaskOptions.from_app_dir(app_dir, settings)
-    counter = StorageCallCounter()
-    connection = resolve_connection(settings, options.connection_name, counter=counter)
-    repair_after = timedelta(seconds=float(settings.get("DURABLE_EXT_REPAIR_AFTER", "30")))
-    backend = AzureBackend(
-        connection,
-        options,
-        fault=EnvFaults(settings.get("DURABLE_EXT_FAULT", "")),
-        repair_after=repair_after,
-    )
-    interval = timedelta(seconds=float(settings.get("DURABLE_EXT_REPAIR_INTERVAL", "30")))
-    stats_file = settings.get("DURABLE_EXT_STATS_FILE")
-    stats_every = float(settings.get("DURABLE_EXT_STATS_INTERVAL", "0.5"))  # seconds between writes
-    stop = stop or asyncio.Event()
-    async with AzureWorker(app.registry, backend, options, repair_interval=interval) as worker:
-        log.info("worker %d serving hub %s", os.getpid(), options.hub_name)
-        while not stop.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), stats_every)
-            if stats_file:
-                _write_stats(stats_file, counter, worker)
-    if stats_file:
-        _write_stats(stats_file, counter, worker)
-    await backend.close()
-
-
-def _write_stats(path: str, counter: Any, worker: AzureWorker) -> None:
-    data = {
-        "storage": counter.snapshot(),
-        "engine": worker.engine.stats,
-        "peak_activities": worker.slots.peak,
-        "runners": {name: runner.stats() for name, runner in worker.runners.items()},
-    }
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as out:
-        out.write(orjson.dumps(data, default=str))
-    os.replace(tmp, path)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m durable_ext.worker APP_DIR``: one worker process; SIGTERM stops it cleanly."""
-    import sys
-
-    args = sys.argv[1:] if argv is None else argv
-    app_dir = args[0] if args else "."
-    logging.basicConfig(level=os.environ.get("DURABLE_EXT_LOG", "WARNING"))
-    logging.getLogger("azure").setLevel(logging.WARNING)
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(app_dir, stop)
-
-    asyncio.run(run())
-
-
-__all__ = ["AzureWorker", "DurableHandlers", "EnvFaults", "KeepMessage", "main", "serve"]
-
-if __name__ == "__main__":
-    main()
+__all__ = ["ActivitySlots", "DurableHandlers", "EnvFaults", "LocalDispatch", "QueueMessage"]
