@@ -15,10 +15,11 @@ set), then runs what the app registered with standard bindings:
   ``visibilityTimeout``, ``maxDequeueCount``, then ``{queue}-poison``). The
   durable control and work-item queues run in an ``AzureWorker`` (same
   handlers, same runner, plus the repair sweep and in-process activities).
-- **Timer triggers**: six-field NCRONTAB schedules (``sec min hour day month
-  weekday``; each field ``*``, ``*/n``, ``a``, ``a-b``, ``a-b/n`` or a comma
-  list; UTC) or a TimeSpan (``hh:mm:ss``) interval; ``run_on_startup``.
-  ``past_due`` is always false.
+- **Timer triggers**: NCRONTAB schedules (six fields ``sec min hour day month
+  weekday`` or five without seconds; ``*``, ``*/n``, ``a``, ``a-b``, ``a-b/n``,
+  comma lists, ``JAN``/``MON`` names; UTC; computed with ``croniter``) or a
+  TimeSpan (``hh:mm:ss``) interval; ``run_on_startup``. ``past_due`` is always
+  false. A timer with an invalid schedule is logged as an error and not run.
 
 Only the trigger binding is filled in (plus ``context``); a function with
 other bindings is skipped with a warning.
@@ -57,6 +58,7 @@ from typing import Any
 
 import azure.functions as func
 from aiohttp import web
+from croniter import CroniterBadDateError, croniter
 
 from ..bindings import DurableRuntime, is_builtin_function
 from ..config import parse_timespan
@@ -189,66 +191,86 @@ def to_aiohttp(result: Any) -> web.Response:
 
 # ------------------------------------------------------------------------------ timers
 
+_FIELDS = ("second", "minute", "hour", "day", "month", "weekday")
+_NAMES = {
+    "month": {"jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"},
+    "weekday": {"sun", "mon", "tue", "wed", "thu", "fri", "sat"},
+}
+_VALUE = r"(?:\d+|[A-Za-z]+)"
+_ITEM = rf"(?:\*|{_VALUE}(?:-{_VALUE})?)(?:/\d+)?"
+_FIELD = re.compile(rf"{_ITEM}(?:,{_ITEM})*")
+MAX_YEARS_BETWEEN_FIRES = 100
+"""How far ahead a schedule is searched: the longest real gap (29 Feb on a weekday) is 40 years."""
+TIMER_RETRY_SECONDS = 60.0
+"""Wait after an unexpected error in a timer loop before computing the next time again."""
 
-def _cron_field(text: str, lo: int, hi: int) -> set[int]:
-    values: set[int] = set()
-    for part in text.split(","):
-        step = 1
-        if "/" in part:
-            part, step_text = part.split("/", 1)
-            step = int(step_text)
-        if part in ("*", "?"):
-            start, end = lo, hi
-        elif "-" in part:
-            a, b_ = part.split("-", 1)
-            start, end = int(a), int(b_)
-        else:
-            start = int(part)
-            end = hi if step > 1 else start
-        if not (lo <= start <= hi and lo <= end <= hi) or step < 1:
-            raise ValueError(f"{text!r} is outside {lo}-{hi}")
-        values.update(range(start, end + 1, step))
-    return values
+
+def _check_field(kind: str, text: str) -> None:
+    """NCrontab's grammar only (``*``, ``a``, ``a-b``, ``/n``, lists, names): croniter accepts more."""
+    if not _FIELD.fullmatch(text):
+        raise ValueError(f"{kind} field {text!r}: use *, n, a-b, */n, a-b/n or a comma list")
+    for name in re.findall(r"[A-Za-z]+", text):
+        if name.lower() not in _NAMES.get(kind, ()):
+            allowed = "/".join(sorted(_NAMES[kind])) if kind in _NAMES else "numbers only"
+            raise ValueError(f"{kind} field {text!r}: {name!r} is not allowed ({allowed})")
 
 
 class Schedule:
-    """A timer trigger's schedule: six-field NCRONTAB (UTC) or a TimeSpan interval."""
+    """A timer trigger's schedule: NCRONTAB (UTC) or a TimeSpan interval.
+
+    Six fields are seconds first (``sec min hour day month weekday``), five are
+    minute first; names are case-insensitive, weekday 0 and 7 are Sunday, and a
+    restricted day AND weekday must both match, as in NCrontab (the Azure host).
+    """
 
     def __init__(self, text: str) -> None:
         self.text = text
         self.interval: timedelta | None = None
         fields = text.split()
         if len(fields) == 1:
-            self.interval = parse_timespan(text, "schedule")
+            try:
+                self.interval = parse_timespan(text, "schedule")
+            except ValueError as exc:
+                raise ValueError(f"schedule {text!r} is neither NCRONTAB nor a TimeSpan: {exc}") from exc
             if self.interval <= timedelta(0):
-                raise ValueError("a TimeSpan schedule must be positive")
+                raise ValueError(f"schedule {text!r}: a TimeSpan schedule must be positive")
             return
-        if len(fields) != 6:
-            raise ValueError(f"schedule {text!r}: use six NCRONTAB fields (sec min hour day month weekday)")
-        limits = [(0, 59), (0, 59), (0, 23), (1, 31), (1, 12), (0, 6)]
-        fields[5] = fields[5].replace("7", "0")
-        self.sets = [_cron_field(f, lo, hi) for f, (lo, hi) in zip(fields, limits, strict=True)]
-        self.any_day, self.any_weekday = fields[3] in ("*", "?"), fields[5] in ("*", "?")
+        if len(fields) not in (5, 6):
+            raise ValueError(
+                f"schedule {text!r} has {len(fields)} fields: NCRONTAB takes six "
+                "(sec min hour day month weekday) or five (min hour day month weekday)"
+            )
+        now = datetime.now(timezone.utc)
+        try:
+            for kind, value in zip(_FIELDS[6 - len(fields) :], fields, strict=True):
+                _check_field(kind, value)
+            self._cron(now)
+        except ValueError as exc:  # croniter's errors are ValueErrors too
+            raise ValueError(f"schedule {text!r} is not valid NCRONTAB: {exc}") from exc
+        try:
+            self.next_after(now)
+        except ValueError as exc:
+            raise ValueError(f"schedule {text!r} never fires: {exc}") from exc
+
+    def _cron(self, start: datetime) -> croniter:
+        return croniter(
+            self.text,
+            start,
+            ret_type=datetime,
+            day_or=False,
+            second_at_beginning=True,
+            max_years_between_matches=MAX_YEARS_BETWEEN_FIRES,
+        )
 
     def next_after(self, now: datetime) -> datetime:
-        """The first fire time strictly after ``now``."""
+        """The first fire time strictly after ``now`` (an aware UTC datetime)."""
         if self.interval is not None:
             return now + self.interval
-        t = now.replace(microsecond=0) + timedelta(seconds=1)
-        sec, minute, hour, day, month, weekday = self.sets
-        for _ in range(366 * 24 * 60):  # minutes to scan: a year
-            dow = (t.weekday() + 1) % 7  # NCRONTAB: 0 = Sunday
-            day_ok = (
-                (t.day in day and dow in weekday)
-                if (self.any_day or self.any_weekday)
-                else (t.day in day or dow in weekday)
-            )
-            if t.month in month and day_ok and t.hour in hour and t.minute in minute:
-                later = [s for s in sorted(sec) if s >= t.second]
-                if later:
-                    return t.replace(second=later[0])
-            t = t.replace(second=0) + timedelta(minutes=1)
-        raise ValueError(f"schedule {self.text!r} never fires")
+        try:
+            due: datetime = self._cron(now.astimezone(timezone.utc)).get_next()
+        except CroniterBadDateError as exc:
+            raise ValueError(f"no fire time within {MAX_YEARS_BETWEEN_FIRES} years of {now}") from exc
+        return due
 
 
 # ------------------------------------------------------------------------------ the host
@@ -291,8 +313,8 @@ class LocalHost:
         from ..backends.azure.backend import AzureBackend
         from ..backends.azure.connection import StorageCallCounter, resolve_connection
         from ..handlers import EnvFaults
-        from .worker import AzureWorker
         from .loader import load_app
+        from .worker import AzureWorker
 
         applied = apply_local_settings(self.app_dir)
         if applied:
@@ -416,11 +438,22 @@ class LocalHost:
         elif kind == "queueTrigger":
             await self._add_queue_function(name, fn, trigger)
         elif kind == "timerTrigger":
-            schedule = Schedule(trigger["schedule"])
-            task = asyncio.create_task(self._timer_loop(name, fn, trigger, schedule))
-            self._tasks.append(task)
+            self._add_timer_function(name, fn, trigger)
         else:
             log.warning("skipping %s: the local host does not run %s functions", name, kind)
+
+    def _add_timer_function(self, name: str, fn: Callable[..., Any], trigger: dict[str, Any]) -> None:
+        """Start the timer's loop; a bad schedule is an error in the log, not a failed start."""
+        text = str(trigger.get("schedule"))
+        try:
+            schedule = Schedule(text)
+        except ValueError as exc:
+            log.error(
+                "timer function '%s' has an invalid schedule '%s': %s; it will not run", name, text, exc
+            )
+            return
+        task = asyncio.create_task(self._timer_loop(name, fn, trigger, schedule))
+        self._tasks.append(task)
 
     async def _add_queue_function(self, name: str, fn: Callable[..., Any], trigger: dict[str, Any]) -> None:
         from azure.core.exceptions import ResourceExistsError
@@ -482,14 +515,27 @@ class LocalHost:
     async def _timer_loop(
         self, name: str, fn: Callable[..., Any], trigger: dict[str, Any], schedule: Schedule
     ) -> None:
+        """Fire at each due time; an unexpected error is logged and the next time computed again."""
         arg = trigger["name"]
         if trigger.get("runOnStartup"):
             await self._fire_timer(name, fn, arg)
+        last: datetime | None = None
         while True:
-            now = datetime.now(timezone.utc)
-            due = schedule.next_after(now)
-            await asyncio.sleep(max(0.0, (due - now).total_seconds()))
-            await self._fire_timer(name, fn, arg)
+            try:
+                now = datetime.now(timezone.utc)
+                # never before the last fire time: the sleep may end a little early by the wall clock
+                due = schedule.next_after(now if last is None else max(now, last))
+                await asyncio.sleep(max(0.0, (due - now).total_seconds()))
+                last = due
+                await self._fire_timer(name, fn, arg)
+            except Exception:
+                log.exception(
+                    "timer function '%s' (schedule '%s'): retrying in %.0f s",
+                    name,
+                    schedule.text,
+                    TIMER_RETRY_SECONDS,
+                )
+                await asyncio.sleep(TIMER_RETRY_SECONDS)
 
     async def _fire_timer(self, name: str, fn: Callable[..., Any], arg: str) -> None:
         from azure.functions.timer import TimerRequest

@@ -54,7 +54,7 @@ def at(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
 
 
-def test_ncrontab_schedules() -> None:
+def test_ncrontab_schedules() -> None:  # more in test_schedule.py
     assert Schedule("*/5 * * * * *").next_after(at("2024-05-01T12:00:03")) == at("2024-05-01T12:00:05")
     assert Schedule("0 */5 * * * *").next_after(at("2024-05-01T12:00:00")) == at("2024-05-01T12:05:00")
     # 2024-05-04 is a Saturday: weekdays 1-5 means Monday 09:30
@@ -62,7 +62,8 @@ def test_ncrontab_schedules() -> None:
     assert Schedule("0 0 0 1 1 *").next_after(at("2024-05-04T10:00:00")) == at("2025-01-01T00:00:00")
     assert Schedule("10,20 * * * * *").next_after(at("2024-05-01T12:00:15")) == at("2024-05-01T12:00:20")
     assert Schedule("00:00:10").next_after(at("2024-05-01T12:00:00")) == at("2024-05-01T12:00:10")
-    for bad in ("* * * * *", "61 * * * * *", "x * * * * *"):
+    assert Schedule("30 9 * * *").next_after(at("2024-05-04T10:00:00")) == at("2024-05-05T09:30:00")
+    for bad in ("* * * * * * *", "61 * * * * *", "x * * * * *"):
         with pytest.raises(ValueError):
             Schedule(bad)
 
