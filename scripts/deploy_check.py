@@ -32,25 +32,30 @@ import base64
 import contextlib
 import csv
 import hashlib
+import http.client
 import io
 import json
 import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import zipfile
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_HOST = REPO.parent / "shared" / "functions-host"
+sys.path.insert(0, str(REPO))  # benchmarks.fhost; not benchmarks/, whose azure.py would shadow ``azure``
+
+from benchmarks import fhost  # noqa: E402
+from benchmarks.fhost import HOST_DIR, Host, HostExited, Http  # noqa: E402
+
+# the test harness's Azurite helper, from the checkout (not part of the deployed app)
+from durable_ext.host.azurite import Azurite, AzuriteError, free_port, install_dir  # noqa: E402
+
 HELLO_OUTPUT = ["Hello Tokyo!", "Hello Seattle!", "Hello London!"]
 FAN_OUT_N = 20
 FAN_OUT_OUTPUT = sum(k * k for k in range(1, FAN_OUT_N + 1))  # 2870
@@ -63,12 +68,6 @@ class CheckFailed(Exception):
 
 def say(text: str) -> None:
     print(f"deploy check: {text}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -168,15 +167,12 @@ class Storage:
 
     def __init__(self, work: Path, given: str | None) -> None:
         self.work, self.given = work, given
-        self.azurite: Any = None
+        self.azurite: Azurite | None = None
 
     def start(self) -> str:
         if self.given:
             say("using the storage account given with --storage")
             return self.given
-        # the test harness's Azurite helper, from the checkout (not part of the deployed app)
-        from durable_ext.host.azurite import Azurite, AzuriteError, install_dir
-
         if not (install_dir() / "node_modules" / ".bin" / "azurite").exists():
             say(f"installing Azurite with npm into {install_dir()} (first use)")
             # in a process group of its own, so that a timeout stops npm too
@@ -192,7 +188,8 @@ class Storage:
             self.azurite.start(timeout=90)
         except AzuriteError as exc:
             raise CheckFailed(f"Azurite did not start: {exc}") from None
-        say(f"Azurite on 127.0.0.1 ports {self.azurite.ports} (pid {self.azurite.process.pid})")
+        pid = self.azurite.process.pid if self.azurite.process else None
+        say(f"Azurite on 127.0.0.1 ports {self.azurite.ports} (pid {pid})")
         return str(self.azurite.connection_string)
 
     def stop(self) -> None:
@@ -202,140 +199,53 @@ class Storage:
 
 
 # ---------------------------------------------------------------------------- 4. the host
-class FunctionsHost:
-    def __init__(
-        self, work: Path, app: Path, storage: str, workers: int, port: int, python: str | None
-    ) -> None:
-        self.home = work / "functions-host-home"  # fresh: the venv holds only what is installed here
-        self.out = work / "host.out"
-        self.log = work / "host.log"
-        self.port = port
-        self.hub = f"DeployCheck{int(time.time())}{random.randrange(10**6)}"
-        self.command = [str(SHARED_HOST / "start"), str(app), "--workers", str(workers), "--port", str(port)]
-        self.command += ["--log-file", str(self.log)]
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-        env["FUNCTIONS_HOST_HOME"] = str(self.home)
-        env["AzureWebJobsStorage"] = storage
-        env["AzureFunctionsJobHost__extensions__durableTask__hubName"] = self.hub
-        if python:
-            env["FUNCTIONS_HOST_PYTHON"] = python
-        # the repo's .venv must not leak in: the host runs with the venv it creates
-        venv_bin = str(Path(sys.executable).parent)
-        env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
-        self.env = env
-        self.process: subprocess.Popen[bytes] | None = None
-        self.exit_code: int | None = None
+def make_host(work: Path, app: Path, storage: str, workers: int, port: int, python: str | None) -> Host:
+    """The host of ``app`` without ``--project``, with a fresh ``FUNCTIONS_HOST_HOME`` in ``work``."""
+    home = work / "functions-host-home"  # fresh: the venv holds only what is installed here
+    hub = f"DeployCheck{int(time.time())}{random.randrange(10**6)}"
+    # the repo's .venv must not leak in: the host runs with the venv it creates
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != venv_bin)
+    extra = {"FUNCTIONS_HOST_HOME": str(home), "PATH": path}
+    if python:
+        extra["FUNCTIONS_HOST_PYTHON"] = python
+    # Development: what the host defaults AZURE_FUNCTIONS_ENVIRONMENT to, as Core Tools runs
+    host = Host(app, workers, port, fhost.host_env(storage, hub, "Development", extra), work)
+    say(f"$ FUNCTIONS_HOST_HOME={home} {' '.join(host.command())}   (hub {hub})")
+    return host
 
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def venv_python(self) -> Path:
-        return self.home / "venv" / "bin" / "python"
-
-    def start(self) -> None:
-        say(f"$ FUNCTIONS_HOST_HOME={self.home} {' '.join(self.command)}   (hub {self.hub})")
-        with self.out.open("ab") as out:
-            # cwd: the temporary folder, not the checkout; a session of its own, so that a
-            # timeout during the start script's pip installs can stop the whole group.
-            self.process = subprocess.Popen(
-                self.command,
-                cwd=str(self.home.parent),
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-
-    def wait_running(self, timeout: float) -> float:
-        assert self.process is not None
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.process.poll() is not None:
-                reason = self._startup_reason()
-                raise CheckFailed(f"functions-host exited with code {self.process.returncode}: {reason}")
-            status, body = http("GET", f"{self.base}/admin/host/status", timeout=5)
-            if status == 200 and isinstance(body, dict) and body.get("state") == "Running":
-                return time.monotonic() - started
-            time.sleep(0.5)
-        raise CheckFailed(f"functions-host was not Running within {timeout:.0f}s: {self._startup_reason()}")
-
-    def _startup_reason(self) -> str:
-        text = tail(self.out, 200).splitlines()
-        for line in reversed(text):
-            if "startup failed" in line or line.startswith("functions-host:"):
-                if "pip install" in line:
-                    print(tail(self.home / "pip.log", 30), flush=True)
-                return line.strip()
-        return text[-1].strip() if text else "(no output)"
-
-    def worker_pids(self) -> list[int]:
-        """The worker processes: children of the host running worker.py."""
-        assert self.process is not None
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            except (OSError, ValueError, IndexError):
-                continue
-            if ppid == self.process.pid and any(part.endswith(b"worker.py") for part in cmdline):
-                pids.append(int(entry.name))
-        return sorted(pids)
-
-    def stop(self, grace: float = 60) -> int | None:
-        """SIGTERM by pid (the start script execs the host, so it is the host); exit code."""
-        process, self.process = self.process, None
-        if process is None:
-            return self.exit_code
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                say(f"functions-host (pid {process.pid}) ignored SIGTERM for {grace:.0f}s; killing its group")
-                stop_group(process, grace=5)
-                self.exit_code = None
-                return None
-        self.exit_code = process.returncode
-        return self.exit_code
+def startup_reason(host: Host) -> str:
+    """The host's last words; the tail of pip's log too when a pip install failed."""
+    reason = host.last_words()
+    if "pip install" in reason:
+        print(tail(Path(host.env["FUNCTIONS_HOST_HOME"]) / "pip.log", 30), flush=True)
+    return reason
 
 
 # ---------------------------------------------------------------------------- 5. driving it
-def http(method: str, url: str, body: Any = None, timeout: float = 15.0) -> tuple[int, Any]:
+def call(client: Http, method: str, url: str, body: Any = None) -> tuple[int, Any]:
     """(status, JSON body or text); 0 when nothing answers. Non-2xx answers are returned."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    except (urllib.error.URLError, OSError):
+        answer = client.request(method, url, body, timeout=15.0)
+    except (OSError, http.client.HTTPException):
         return 0, None
     try:
-        return status, json.loads(raw) if raw else None
+        return answer.status, answer.json()
     except ValueError:
-        return status, raw.decode("utf-8", "replace")
+        return answer.status, answer.body.decode("utf-8", "replace")
 
 
-def run_orchestration(base: str, name: str, body: Any, expected: Any, deadline: float) -> str:
+def run_orchestration(host: Host, name: str, body: Any, expected: Any, deadline: float) -> str:
+    client = Http("127.0.0.1", host.port)
     started = time.monotonic()
-    status, answer = http("POST", f"{base}/api/orchestrators/{name}", body)
+    status, answer = call(client, "POST", f"{host.api}/orchestrators/{name}", body)
     if status != 202 or not isinstance(answer, dict) or "statusQueryGetUri" not in answer:
         raise CheckFailed(f"POST /api/orchestrators/{name} answered HTTP {status}: {str(answer)[:300]}")
     instance, url = answer.get("id"), answer["statusQueryGetUri"]
     last: Any = None
     while time.monotonic() - started < deadline:
-        status, last = http("GET", url)
+        status, last = call(client, "GET", url)
         if isinstance(last, dict) and last.get("runtimeStatus") in ("Completed", "Failed", "Terminated"):
             break
         time.sleep(POLL_S)
@@ -349,17 +259,18 @@ def run_orchestration(base: str, name: str, body: Any, expected: Any, deadline: 
     return f"{elapsed:.2f}s"
 
 
-def run_counter(base: str, deadline: float) -> str:
+def run_counter(host: Host, deadline: float) -> str:
+    client = Http("127.0.0.1", host.port)
     key = f"deploycheck{random.randrange(10**6)}"
-    url = f"{base}/api/durabletask/entities/counter/{key}"
+    url = f"{host.api}/durabletask/entities/counter/{key}"
     started = time.monotonic()
     for amount in (5, 2):
-        status, answer = http("POST", f"{url}?op=add", amount)
+        status, answer = call(client, "POST", f"{url}?op=add", amount)
         if status != 202:
             raise CheckFailed(f"signalling counter/{key} add {amount}: HTTP {status}: {str(answer)[:300]}")
     value: Any = None
     while time.monotonic() - started < deadline:
-        status, value = http("GET", url)
+        status, value = call(client, "GET", url)
         if status == 200 and value == 7:
             elapsed = time.monotonic() - started
             say(f"entity counter/{key}: add 5, add 2, read 7 after {elapsed:.2f}s")
@@ -396,9 +307,10 @@ def wheel_hashes(wheel: Path) -> dict[str, str]:
     return hashes
 
 
-def check_provenance(host: FunctionsHost, app: Path, wheel: Path, version: str) -> str:
+def check_provenance(host: Host, app: Path, wheel: Path, version: str) -> str:
     """durable_ext, as the workers import it, is the wheel's installed copy in the fresh venv."""
-    pids = host.worker_pids()
+    host.remember_workers()
+    pids = sorted(pid for pid, began in host.worker_pids.items() if fhost.start_time(pid) == began)
     if not pids:
         raise CheckFailed("no worker process of the host found to check its environment")
     for pid in pids:
@@ -412,8 +324,9 @@ def check_provenance(host: FunctionsHost, app: Path, wheel: Path, version: str) 
     # The same interpreter, cwd and environment as the workers (the worker adds the app folder,
     # which holds no durable_ext, to sys.path).
     env = {k: v for k, v in host.env.items() if k != "PYTHONPATH"}
+    home = Path(host.env["FUNCTIONS_HOST_HOME"])
     done = subprocess.run(
-        [str(host.venv_python), "-c", PROBE],
+        [str(home / "venv" / "bin" / "python"), "-c", PROBE],
         cwd=str(app),
         env=env,
         capture_output=True,
@@ -423,7 +336,7 @@ def check_provenance(host: FunctionsHost, app: Path, wheel: Path, version: str) 
     if done.returncode != 0:
         raise CheckFailed(f"importing durable_ext in the host's venv failed: {done.stderr.strip()[-500:]}")
     info = json.loads(done.stdout)
-    site = (host.home / "venv").resolve()
+    site = (home / "venv").resolve()
     module = Path(info["file"])
     if not module.is_relative_to(site) or "site-packages" not in module.parts:
         raise CheckFailed(f"durable_ext was imported from {module}, not from the site-packages of {site}")
@@ -464,13 +377,13 @@ def main() -> int:
     args = parser.parse_args()
 
     t0 = time.monotonic()
-    if not (SHARED_HOST / "start").is_file():
-        say(f"FAIL {SHARED_HOST / 'start'} not found (shared/ must sit beside the repo)")
+    if not (HOST_DIR / "start").is_file():
+        say(f"FAIL {HOST_DIR / 'start'} not found (shared/ must sit beside the repo)")
         return 1
     work = Path(tempfile.mkdtemp(prefix="deploy-check-"))
     say(f"work folder {work}")
     storage = Storage(work, args.storage)
-    host: FunctionsHost | None = None
+    host: Host | None = None
     verdict = "FAIL interrupted"
     try:
         t = time.monotonic()
@@ -483,22 +396,29 @@ def main() -> int:
         say("requirements.txt: " + " | ".join((app / "requirements.txt").read_text().splitlines()))
 
         port = args.port or free_port()
-        host = FunctionsHost(work, app, connection, args.workers, port, args.python)
+        host = make_host(work, app, connection, args.workers, port, args.python)
         host.start()
-        ready = host.wait_running(args.start_timeout)
-        say(f"host Running on {host.base} after {ready:.1f}s (venv created and installed from scratch)")
+        try:
+            ready = fhost.wait_ready(host, args.start_timeout)
+        except HostExited as exc:
+            startup_reason(host)
+            raise CheckFailed(f"functions-host: {exc}") from None
+        say(f"host Running on port {host.port} after {ready:.1f}s (venv created and installed from scratch)")
 
-        timings = [run_orchestration(host.base, "hello_sequence", {}, HELLO_OUTPUT, 60) for _ in range(3)]
-        fan = run_orchestration(host.base, "fan_out_fan_in", FAN_OUT_N, FAN_OUT_OUTPUT, 120)
-        entity = run_counter(host.base, 60)
+        timings = [run_orchestration(host, "hello_sequence", {}, HELLO_OUTPUT, 60) for _ in range(3)]
+        fan = run_orchestration(host, "fan_out_fan_in", FAN_OUT_N, FAN_OUT_OUTPUT, 120)
+        entity = run_counter(host, 60)
         provenance = check_provenance(host, app, wheel, version)
 
-        code = host.stop()
-        if code != 0:
-            raise CheckFailed(f"functions-host exited with code {code} after SIGTERM (log: {host.out})")
-        failed = [line for line in host.out.read_text(errors="replace").splitlines() if "(Failed" in line]
+        host.stop()
+        if host.exit_code != 0:
+            raise CheckFailed(
+                f"functions-host exited with code {host.exit_code} after SIGTERM (log: {host.out_path})"
+            )
+        failed = fhost.scan_log(host.log_path)["failed_invocations"]
         if failed:
-            raise CheckFailed(f"{len(failed)} failed invocation(s), first: {failed[0].strip()[:300]}")
+            first = fhost.first_exceptions(host.log_path, limit=1)
+            raise CheckFailed(f"{failed} failed invocation(s), first: {(first or ['?'])[0][:300]}")
         verdict = (
             f"PASS in {time.monotonic() - t0:.0f}s: {wheel.name} installed by requirements.txt alone "
             f"({provenance}); hello_sequence x3 [{', '.join(timings)}], fan_out_fan_in({FAN_OUT_N})="
@@ -511,14 +431,15 @@ def main() -> int:
     except Exception as exc:  # a bug here must still end with a verdict
         verdict = f"FAIL {type(exc).__name__}: {exc}"
     finally:
-        if host is not None and host.process is not None:
+        if host is not None:
             host.stop()
         storage.stop()
     passed = verdict.startswith("PASS")
     if passed and not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     else:
-        say(f"logs kept in {work} (host.out, host.log, build.log, functions-host-home/pip.log)")
+        names = f"{host.out_path.name}, {host.log_path.name}, " if host is not None else ""
+        say(f"logs kept in {work} ({names}build.log, functions-host-home/pip.log)")
     say(verdict)
     return 0 if passed else 1
 

@@ -232,8 +232,14 @@ async def hub(azurite: Azurite, tmp_path: Path) -> AsyncIterator[tuple[AzureBack
     await backend.close()
 
 
-async def test_two_worker_processes_share_a_hub(azurite: Azurite, hub: tuple[AzureBackend, Path]) -> None:
-    """200 mixed instances on two worker processes: right outputs, both work, activity limit holds."""
+@pytest.mark.parametrize(("processes", "sweep"), [(2, True), (4, False)])
+async def test_worker_processes_share_a_hub(
+    azurite: Azurite, hub: tuple[AzureBackend, Path], processes: int, sweep: bool
+) -> None:
+    """200 mixed instances on several worker processes: right outputs, all work, activity limit holds.
+
+    With the sweep on it must rescue nothing; with it off nothing but the normal path finishes the work.
+    """
     backend, app_dir = hub
     client = DurableOrchestrationClient(backend)
     trace = app_dir / "trace"
@@ -241,7 +247,7 @@ async def test_two_worker_processes_share_a_hub(azurite: Azurite, hub: tuple[Azu
         **os.environ,
         "AzureWebJobsStorage": azurite.connection_string,
         "WORKERS_TEST_TRACE_DIR": str(trace),
-        "DURABLE_EXT_REPAIR_INTERVAL": "5",
+        "DURABLE_EXT_REPAIR_INTERVAL": "5" if sweep else "0",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     workers = Workers(app_dir, env)
@@ -259,7 +265,7 @@ async def test_two_worker_processes_share_a_hub(azurite: Azurite, hub: tuple[Azu
     assert len(plan) == 200
     started = time.monotonic()
     try:
-        workers.start(2)
+        workers.start(processes)
         for iid, (name, value) in plan.items():
             await client.start_new(name, iid, None if name == "wait_for_go" else value)
         for iid, (name, value) in plan.items():
@@ -285,10 +291,11 @@ async def test_two_worker_processes_share_a_hub(azurite: Azurite, hub: tuple[Azu
 
     stats = workers.stats()
     engines = [s["engine"] for s in stats]
-    print(f"\n200 instances on 2 workers in {elapsed:.1f}s; engine stats: {engines}")
+    print(f"\n200 instances on {processes} workers in {elapsed:.1f}s; engine stats: {engines}")
     for s in stats:
         assert s["engine"]["steps"] > 0 and s["engine"]["activities"] > 0, engines
         assert s["peak_activities"] <= ACTIVITY_LIMIT
+        assert s["handlers"]["repairs"] == 0, "the repair sweep rescued work although nothing failed"
     needed = 50 * 3 + sum(3 + n % 5 for n in range(40)) + 40 + 30 * 2 * 3
     runs = sum(s["engine"]["activities"] for s in stats)
     assert runs >= needed  # at least once; more means some ran twice
@@ -299,7 +306,7 @@ async def test_two_worker_processes_share_a_hub(azurite: Azurite, hub: tuple[Azu
     spans: dict[str, list[tuple[int, int]]] = {}
     for log in trace.glob("*.log"):
         spans[log.stem] = [tuple(map(int, line.split())) for line in log.read_text().splitlines()]  # type: ignore[misc]
-    assert len(spans) == 2 and sum(len(s) for s in spans.values()) == runs
+    assert len(spans) == processes and sum(len(s) for s in spans.values()) == runs
     peaks = {pid: max_overlap(s) for pid, s in spans.items()}
     print(f"peak concurrent activities per worker: {peaks}")
     assert all(peak <= ACTIVITY_LIMIT for peak in peaks.values()), peaks

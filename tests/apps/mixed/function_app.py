@@ -1,0 +1,105 @@
+"""Mixed workload for the many-worker-process checks under the real Python worker.
+
+Sequences, fan-out/fan-in, timers, external events, sub-orchestrations and an
+entity, all started over HTTP (``POST /api/start/{name}/{id}`` with the input
+as the JSON body), as ``benchmarks/functions_host.py --mixed`` drives them.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import azure.functions as func
+
+import durable_ext as df
+
+app = df.DurableApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+
+@app.route(route="start/{name}/{instance_id}", methods=["POST"])
+@app.durable_client_input(client_name="client")
+async def start(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    """Start orchestrator ``name`` as ``instance_id`` with the JSON body as input."""
+    body = req.get_body()
+    value = json.loads(body) if body.strip() else None
+    iid = await client.start_new(req.route_params["name"], req.route_params["instance_id"], value)
+    return client.create_check_status_response(req, iid)
+
+
+@app.activity_trigger(input_name="value")
+def add_one(value: int) -> int:
+    """A sync activity."""
+    return value + 1
+
+
+@app.activity_trigger(input_name="value")
+async def square(value: int) -> int:
+    """An async activity."""
+    return value * value
+
+
+@app.orchestration_trigger(context_name="context")
+def sequence(context: df.DurableOrchestrationContext):
+    """Three activities in a row."""
+    value = context.get_input()
+    for _ in range(3):
+        value = yield context.call_activity("add_one", value)
+    return value
+
+
+@app.orchestration_trigger(context_name="context")
+def fan_out(context: df.DurableOrchestrationContext):
+    """Square 0..n-1 in parallel and sum."""
+    count = context.get_input()
+    results = yield context.task_all([context.call_activity("square", n) for n in range(count)])
+    return sum(results)
+
+
+@app.orchestration_trigger(context_name="context")
+def timer_then_activity(context: df.DurableOrchestrationContext):
+    """A 1-second durable timer, then an activity."""
+    yield context.create_timer(context.current_utc_datetime + timedelta(seconds=1))
+    return (yield context.call_activity("square", context.get_input()))
+
+
+@app.orchestration_trigger(context_name="context")
+def wait_for_go(context: df.DurableOrchestrationContext):
+    """Wait for the ``Go`` event, racing a 5-minute timer."""
+    deadline = context.create_timer(context.current_utc_datetime + timedelta(minutes=5))
+    go = context.wait_for_external_event("Go")
+    winner = yield context.task_any([go, deadline])
+    if winner == go:
+        deadline.cancel()
+        return {"go": go.result}
+    return "timed out"
+
+
+@app.orchestration_trigger(context_name="context")
+def parent(context: df.DurableOrchestrationContext):
+    """Two sequences as sub-orchestrations."""
+    n = context.get_input()
+    return (
+        yield context.task_all(
+            [context.call_sub_orchestrator("sequence", n), context.call_sub_orchestrator("sequence", n * 10)]
+        )
+    )
+
+
+@app.orchestration_trigger(context_name="context")
+def bump(context: df.DurableOrchestrationContext):
+    """Add the input to the ``tally`` entity named in it and read the value back."""
+    args = context.get_input()
+    entity = df.EntityId("tally", args["key"])
+    yield context.call_entity(entity, "add", args["amount"])
+    return (yield context.call_entity(entity, "get"))
+
+
+@app.entity_trigger(context_name="context")
+def tally(context: df.DurableEntityContext) -> None:
+    """A counter: ``add`` and ``get``."""
+    value = context.get_state(lambda: 0)
+    if context.operation_name == "add":
+        value += context.get_input()
+        context.set_state(value)
+    context.set_result(value)

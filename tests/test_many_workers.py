@@ -1,0 +1,27 @@
+"""Two and four worker processes under the real Python worker share one hub (``benchmarks/many_workers.py``).
+
+200 mixed instances each time, started over HTTP, with Azure's queue polling
+and default durable settings: every output right, entities exact, no
+duplicated completion, nothing left on the queues, no failed invocation, and
+the repair sweep rescued nothing (off in one run, so only the normal path can
+finish the work; on in the other, where it must find nothing to do).
+"""
+
+from __future__ import annotations
+
+import pytest
+from benchfigures import ROOT, needs_functions_host, run_passing
+
+SCRIPT = ROOT / "benchmarks" / "many_workers.py"
+
+
+@needs_functions_host
+@pytest.mark.parametrize(("workers", "sweep"), [(2, "off"), (4, "on")])
+def test_mixed_load_on_many_worker_processes(workers: int, sweep: str) -> None:
+    args = ["--workers", str(workers), "--instances", "200", "--sweep", sweep]
+    found, report = run_passing(SCRIPT, *args, timeout=1200)  # the first run installs the host's venv
+    assert found["instances"] == 200, report
+    assert found["history_problems"] == 0 and found["failed_invocations"] == 0, report
+    assert found["repair_lines"] == 0, report  # nothing failed, so the sweep may rescue nothing
+    assert found["queue_messages_left"] == found["pending_timer_messages"], report
+    assert found["workers_with_steps"] == workers and found["workers_with_activities"] >= 2, report
