@@ -118,6 +118,8 @@ def test_samples_pass_under_functions_host() -> None:
     assert not missing, f"missing figures {missing}\n{report}"
     assert found["workers"] == 2
     assert found["host_exit_code"] == 0
+    assert found["azure_http_logging_lines"] == 0  # the Azure SDK stays at Warning under the real worker
+    assert found["failed_invocations"] == 0 and found["repair_lines"] == 0
     for name in FIGURES:
         assert math.isfinite(found[name]) and found[name] >= 0, (name, found[name])
     for name in FIGURES:
