@@ -65,45 +65,13 @@ from benchmarks.fhost import (  # noqa: E402
 from durable_ext.host.azurite import Azurite, free_port  # noqa: E402
 
 APP_DIR = ROOT / "tests" / "apps" / "mixed"
+sys.path.insert(0, str(APP_DIR))
+from mixed_load import entity_totals, expected, go_event, plan  # noqa: E402
+
 READY_TIMEOUT_S = 600.0  # the first run of functions-host creates its venv
 FINISH_TIMEOUT_S = 300.0  # every instance, from the first start
 THREADS = 8
 TERMINAL = {"Completed", "Failed", "Terminated", "Canceled"}
-KEYS = [f"k{n}" for n in range(5)]
-
-
-def plan(count: int) -> dict[str, tuple[str, Any]]:
-    """Instance id -> (orchestrator, input): the mixed load, in fixed proportions."""
-    kinds = ["sequence", "fan_out", "timer_then_activity", "wait_for_go", "parent", "bump"]
-    out: dict[str, tuple[str, Any]] = {}
-    for n in range(count):
-        name = kinds[n % len(kinds)]
-        iid = f"{name}-{n}"
-        if name == "fan_out":
-            value: Any = 3 + n % 7
-        elif name == "wait_for_go":
-            value = None
-        elif name == "bump":
-            value = {"key": KEYS[n % len(KEYS)], "amount": 1 + n % 9}
-        else:
-            value = n
-        out[iid] = (name, value)
-    return out
-
-
-def expected(name: str, value: Any, iid: str) -> Any:
-    """The output of one instance of the mixed app (``None``: checked elsewhere)."""
-    if name == "sequence":
-        return value + 3
-    if name == "fan_out":
-        return sum(n * n for n in range(value))
-    if name == "timer_then_activity":
-        return value * value
-    if name == "wait_for_go":
-        return {"go": f"go-{iid}"}
-    if name == "parent":
-        return [value + 3, value * 10 + 3]
-    return None
 
 
 class Load:
@@ -130,7 +98,7 @@ class Load:
 
     def raise_go(self, payload: dict[str, Any], iid: str) -> None:
         url = payload["sendEventPostUri"].replace("{eventName}", "Go")
-        answer = self.http().request("POST", url, f"go-{iid}")
+        answer = self.http().request("POST", url, go_event(iid))
         if answer.status != 202:
             raise SampleError(f"raise Go to {iid}: HTTP {answer.status} {answer.body[:300]!r}")
 
@@ -244,7 +212,7 @@ def run(args: argparse.Namespace, azurite: Azurite, log_dir: Path) -> list[str]:
         print(f"instances: {len(work)}")
         print(f"all_done_s: {format_value(elapsed)}")
         print(f"instances_per_s: {format_value(len(finals) / elapsed)}")
-        totals: dict[str, int] = collections.defaultdict(int)
+        totals = entity_totals(work)
         seen_totals: dict[str, list[int]] = collections.defaultdict(list)
         for iid, status in finals.items():
             name, value = work[iid]
@@ -253,7 +221,6 @@ def run(args: argparse.Namespace, azurite: Azurite, log_dir: Path) -> list[str]:
                 continue
             want = expected(name, value, iid)
             if name == "bump":
-                totals[value["key"]] += value["amount"]
                 seen_totals[value["key"]].append(status.get("output"))
             elif status.get("output") != want:
                 failures.append(f"{iid}: output {status.get('output')!r}, expected {want!r}")

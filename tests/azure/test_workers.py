@@ -1,9 +1,10 @@
 """Several worker processes on one task hub, and the per-process concurrency limits.
 
-The scale-out test starts ``python -m durable_ext.host.worker APP_DIR`` twice on one
-hub (an app folder written here, with its own host.json) and runs 200 mixed
-instances to their expected outputs; activities log when they start and end,
-so the test can check ``maxConcurrentActivityFunctions`` in each process.
+The scale-out test starts ``python -m durable_ext.host.worker APP_DIR`` two or
+four times on one hub (``tests/apps/mixed`` copied beside a host.json of the
+test's own) and runs 200 mixed instances to their expected outputs; activities
+log when they start and end (``MIXED_TRACE_DIR``), so the test can check
+``maxConcurrentActivityFunctions`` in each process.
 ``maxConcurrentOrchestratorFunctions`` bounds the instance steps in flight in
 one process; orchestrator code itself never overlaps inside a process (it runs
 synchronously on the event loop), so that limit is checked in-process by
@@ -15,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -41,108 +42,9 @@ from durable_ext.host.worker import AzureWorker
 ROOT = Path(__file__).resolve().parents[2]
 ACTIVITY_LIMIT = 2
 
-APP = textwrap.dedent(
-    '''
-    """The app the worker processes of test_workers.py run."""
-
-    import os
-    import time
-    from datetime import timedelta
-
-    import durable_ext as df
-
-    app = df.DurableApp()
-    TRACE = os.environ["WORKERS_TEST_TRACE_DIR"]
-
-
-    def traced(fn):
-        """Log start and end (monotonic ns) of each run to this process's trace file."""
-
-        def run(value):
-            start = time.monotonic_ns()
-            try:
-                return fn(value)
-            finally:
-                line = f"{start} {time.monotonic_ns()}\\n".encode()
-                path = os.path.join(TRACE, f"{os.getpid()}.log")
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-                try:
-                    os.write(fd, line)
-                finally:
-                    os.close(fd)
-
-        run.__name__ = fn.__name__
-        return run
-
-
-    @app.activity_trigger(input_name="value")
-    @traced
-    def add_one(value):
-        time.sleep(0.01)
-        return value + 1
-
-
-    @app.activity_trigger(input_name="value")
-    @traced
-    def square(value):
-        time.sleep(0.01)
-        return value * value
-
-
-    @app.orchestration_trigger(context_name="context")
-    def sequence(context):
-        value = context.get_input()
-        for _ in range(3):
-            value = yield context.call_activity("add_one", value)
-        return value
-
-
-    @app.orchestration_trigger(context_name="context")
-    def fan_out(context):
-        count = context.get_input()
-        results = yield context.task_all([context.call_activity("square", n) for n in range(count)])
-        return sum(results)
-
-
-    @app.orchestration_trigger(context_name="context")
-    def timer_then_activity(context):
-        yield context.create_timer(context.current_utc_datetime + timedelta(seconds=1))
-        return (yield context.call_activity("square", context.get_input()))
-
-
-    @app.orchestration_trigger(context_name="context")
-    def wait_for_go(context):
-        deadline = context.create_timer(context.current_utc_datetime + timedelta(minutes=5))
-        go = context.wait_for_external_event("Go")
-        winner = yield context.task_any([go, deadline])
-        if winner == go:
-            deadline.cancel()
-            return {"go": go.result}
-        return "timed out"
-
-
-    @app.orchestration_trigger(context_name="context")
-    def parent(context):
-        n = context.get_input()
-        results = yield context.task_all(
-            [context.call_sub_orchestrator("sequence", n), context.call_sub_orchestrator("sequence", n * 10)]
-        )
-        return results
-    '''
-)
-
-
-def expected(name: str, value: Any) -> Any:
-    """The output of one instance of the app above."""
-    if name == "sequence":
-        return value + 3
-    if name == "fan_out":
-        return sum(n * n for n in range(value))
-    if name == "timer_then_activity":
-        return value * value
-    if name == "wait_for_go":
-        return {"go": value}
-    return [value + 3, value * 10 + 3]
+MIXED = ROOT / "tests" / "apps" / "mixed"
+sys.path.insert(0, str(MIXED))
+from mixed_load import activity_count, entity_totals, expected, go_event, plan  # noqa: E402
 
 
 def max_overlap(spans: list[tuple[int, int]]) -> int:
@@ -222,7 +124,7 @@ async def hub(azurite: Azurite, tmp_path: Path) -> AsyncIterator[tuple[AzureBack
     app_dir = tmp_path / "app"
     app_dir.mkdir()
     (app_dir / "host.json").write_text(json.dumps(host))
-    (app_dir / "function_app.py").write_text(APP)
+    shutil.copy(MIXED / "function_app.py", app_dir / "function_app.py")
     (app_dir / "trace").mkdir()
     connection = resolve_connection({"AzureWebJobsStorage": azurite.connection_string})
     backend = AzureBackend(connection, DurableTaskOptions.from_host_json(host, {}))
@@ -246,32 +148,21 @@ async def test_worker_processes_share_a_hub(
     env = {
         **os.environ,
         "AzureWebJobsStorage": azurite.connection_string,
-        "WORKERS_TEST_TRACE_DIR": str(trace),
+        "MIXED_TRACE_DIR": str(trace),
         "DURABLE_EXT_REPAIR_INTERVAL": "5" if sweep else "0",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     workers = Workers(app_dir, env)
-    plan: dict[str, tuple[str, Any]] = {}
-    for n in range(50):
-        plan[f"seq-{n}"] = ("sequence", n)
-    for n in range(40):
-        plan[f"fan-{n}"] = ("fan_out", 3 + n % 5)
-    for n in range(40):
-        plan[f"timer-{n}"] = ("timer_then_activity", n)
-    for n in range(40):
-        plan[f"event-{n}"] = ("wait_for_go", f"go-{n}")
-    for n in range(30):
-        plan[f"parent-{n}"] = ("parent", n)
-    assert len(plan) == 200
+    work = plan(200)
     started = time.monotonic()
     try:
         workers.start(processes)
-        for iid, (name, value) in plan.items():
-            await client.start_new(name, iid, None if name == "wait_for_go" else value)
-        for iid, (name, value) in plan.items():
+        for iid, (name, value) in work.items():
+            await client.start_new(name, iid, value)
+        for iid, (name, _) in work.items():
             if name == "wait_for_go":
-                await client.raise_event(iid, "Go", value)
-        pending = set(plan)
+                await client.raise_event(iid, "Go", go_event(iid))
+        pending = set(work)
         deadline = time.monotonic() + 75
         while pending:
             workers.alive()
@@ -282,9 +173,10 @@ async def test_worker_processes_share_a_hub(
             for status in await client.get_status_by(instance_id_prefix=None):
                 if status.instance_id in pending and status.runtime_status.is_terminal:
                     pending.discard(status.instance_id)
-                    name, value = plan[status.instance_id]
+                    name, value = work[status.instance_id]
                     assert status.runtime_status == Status.Completed, (status.instance_id, status.output)
-                    assert status.output == expected(name, value), status.instance_id
+                    if name != "bump":
+                        assert status.output == expected(name, value, status.instance_id), status.instance_id
         elapsed = time.monotonic() - started
     finally:
         workers.stop()
@@ -296,12 +188,17 @@ async def test_worker_processes_share_a_hub(
         assert s["engine"]["steps"] > 0 and s["engine"]["activities"] > 0, engines
         assert s["peak_activities"] <= ACTIVITY_LIMIT
         assert s["handlers"]["repairs"] == 0, "the repair sweep rescued work although nothing failed"
-    needed = 50 * 3 + sum(3 + n % 5 for n in range(40)) + 40 + 30 * 2 * 3
+    needed = activity_count(work)
     runs = sum(s["engine"]["activities"] for s in stats)
     assert runs >= needed  # at least once; more means some ran twice
     print(f"activity runs: {runs} for {needed} activities")
-    children = [s for s in await client.get_status_all() if s.instance_id not in plan]
-    assert len(children) == 60 and all(s.runtime_status == Status.Completed for s in children)
+    everything = await client.get_status_all()
+    children = [s for s in everything if s.instance_id not in work and not s.instance_id.startswith("@")]
+    parents = sum(1 for name, _ in work.values() if name == "parent")
+    assert len(children) == 2 * parents and all(s.runtime_status == Status.Completed for s in children)
+    for key, total in entity_totals(work).items():
+        state = await client.read_entity_state(df.EntityId("tally", key))
+        assert state.entity_exists and state.entity_state == total, (key, state.entity_state, total)
 
     spans: dict[str, list[tuple[int, int]]] = {}
     for log in trace.glob("*.log"):

@@ -8,6 +8,8 @@ as the JSON body), as ``benchmarks/functions_host.py --mixed`` drives them.
 from __future__ import annotations
 
 import json
+import os
+import time
 from datetime import timedelta
 
 import azure.functions as func
@@ -15,6 +17,28 @@ import azure.functions as func
 import durable_ext as df
 
 app = df.DurableApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+TRACE = os.environ.get("MIXED_TRACE_DIR")  # when set: each activity run appends "start end" (ns)
+
+
+def traced(fn):
+    """Log start and end (monotonic ns) of each run to this process's trace file, when tracing."""
+    if not TRACE:
+        return fn
+
+    def run(value):
+        start = time.monotonic_ns()
+        try:
+            return fn(value)
+        finally:
+            line = f"{start} {time.monotonic_ns()}\n".encode()
+            fd = os.open(os.path.join(TRACE, f"{os.getpid()}.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+
+    run.__name__ = fn.__name__
+    return run
 
 
 @app.route(route="start/{name}/{instance_id}", methods=["POST"])
@@ -28,14 +52,18 @@ async def start(req: func.HttpRequest, client: df.DurableOrchestrationClient) ->
 
 
 @app.activity_trigger(input_name="value")
+@traced
 def add_one(value: int) -> int:
     """A sync activity."""
+    time.sleep(0.01)
     return value + 1
 
 
 @app.activity_trigger(input_name="value")
-async def square(value: int) -> int:
-    """An async activity."""
+@traced
+def square(value: int) -> int:
+    """Another sync activity."""
+    time.sleep(0.01)
     return value * value
 
 
