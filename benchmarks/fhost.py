@@ -305,12 +305,13 @@ _REPAIR = re.compile(r"(?:^|[\]: ])repair: ")
 
 def scan_log(path: Path) -> dict[str, int]:
     """Counts in the host log: failed and queue-triggered invocations, Azure SDK HTTP logging lines,
-    and the workers' repair-sweep lines (``repair: …``)."""
+    the workers' repair-sweep lines (``repair: …``) and the sweeps that ran."""
     counts = {
         "failed_invocations": 0,
         "queue_trigger_invocations": 0,
         "azure_http_logging_lines": 0,
         "repair_lines": 0,
+        "sweeps": 0,
     }
     queue_functions = ("'Functions.durabletask_control_", "'Functions.durabletask_workitems'")
     with contextlib.suppress(OSError), open(path, encoding="utf-8", errors="replace") as log:
@@ -321,6 +322,8 @@ def scan_log(path: Path) -> dict[str, int]:
                 counts["queue_trigger_invocations"] += 1
             if "azure.core.pipeline.policies.http_logging_policy" in line:
                 counts["azure_http_logging_lines"] += 1
+            if "Executed 'Functions.durabletask_repair' (Succeeded" in line:
+                counts["sweeps"] += 1
             worker = _WORKER_LINE.search(line)
             if worker is not None and _REPAIR.search(worker.group(1)):
                 counts["repair_lines"] += 1

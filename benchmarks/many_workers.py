@@ -241,6 +241,13 @@ def run(args: argparse.Namespace, azurite: Azurite, log_dir: Path) -> list[str]:
         print(f"history_problems: {len(problems)}")
         # each wait_for_go leaves its cancelled 5-minute timer on the queue, as in DTFx; nothing else stays
         timers = sum(1 for name, _ in work.values() if name == "wait_for_go")
+        if args.sweep == "on":  # let the sweep look at the hub once the load is done: it must find nothing
+            before = scan_log(host.log_path)["sweeps"]
+            deadline = time.monotonic() + 45
+            while scan_log(host.log_path)["sweeps"] == before and time.monotonic() < deadline:
+                host.check_alive()
+                time.sleep(0.5)
+            print(f"sweeps_after_load: {scan_log(host.log_path)['sweeps'] - before}")
         left = asyncio.run(messages_left(azurite.connection_string, hub, timers))
         print(f"queue_messages_left: {left}")
         print(f"pending_timer_messages: {timers}")

@@ -93,6 +93,7 @@ def test_fhost_scan_log(tmp_path: Path) -> None:
                 "[00:31:03Z] Executed 'Functions.http_start' (Failed, Id=c, Duration=2ms)",
                 "Exception: ValueError: boom",
                 "[00:31:04Z] [w1] azure.core.pipeline.policies.http_logging_policy: Request URL",
+                "[00:31:30Z] Executed 'Functions.durabletask_repair' (Succeeded, Id=d, Duration=5ms)",
             ]
         )
     )
@@ -101,6 +102,7 @@ def test_fhost_scan_log(tmp_path: Path) -> None:
         "queue_trigger_invocations": 2,
         "azure_http_logging_lines": 1,
         "repair_lines": 3,
+        "sweeps": 1,
     }
     assert fhost.first_exceptions(log) == ["Exception: ValueError: boom"]
     assert fhost.scan_log(tmp_path / "missing.log")["repair_lines"] == 0

@@ -3,8 +3,9 @@
 200 mixed instances each time, started over HTTP, with Azure's queue polling
 and default durable settings: every output right, entities exact, no
 duplicated completion, nothing left on the queues, no failed invocation, and
-the repair sweep rescued nothing (off in one run, so only the normal path can
-finish the work; on in the other, where it must find nothing to do).
+the repair sweep rescued nothing: with its function disabled (2 and 4
+processes) only the normal path can finish the work; with it on (4), it runs
+once more after the load and must find nothing to do.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ SCRIPT = ROOT / "benchmarks" / "many_workers.py"
 
 
 @needs_functions_host
-@pytest.mark.parametrize(("workers", "sweep"), [(2, "off"), (4, "on")])
+@pytest.mark.parametrize(("workers", "sweep"), [(2, "off"), (4, "off"), (4, "on")])
 def test_mixed_load_on_many_worker_processes(workers: int, sweep: str) -> None:
     args = ["--workers", str(workers), "--instances", "200", "--sweep", sweep]
     found, report = run_passing(SCRIPT, *args, timeout=1200)  # the first run installs the host's venv
@@ -25,3 +26,7 @@ def test_mixed_load_on_many_worker_processes(workers: int, sweep: str) -> None:
     assert found["repair_lines"] == 0, report  # nothing failed, so the sweep may rescue nothing
     assert found["queue_messages_left"] == found["pending_timer_messages"], report
     assert found["workers_with_steps"] == workers and found["workers_with_activities"] >= 2, report
+    if sweep == "on":
+        assert found["sweeps_after_load"] >= 1, report  # it ran once the load was done, and found nothing
+    else:
+        assert found["sweeps"] == 0, report  # nothing but the normal path finished the work
