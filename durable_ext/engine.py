@@ -142,8 +142,10 @@ class Engine:
             self.stats["steps"] += 1
             if entity_log.isEnabledFor(logging.INFO):
                 entity_log.info(
-                    "entity %s: %d messages applied in %.1f ms%s",
+                    "entity %s: %d operations (%d failed) from %d messages in %.1f ms%s",
                     instance_id,
+                    step.operations,
+                    step.failed_operations,
                     len(loaded.inbox),
                     (time.perf_counter() - begin) * 1000,
                     f" ({attempt} retries)" if attempt else "",

@@ -70,7 +70,8 @@ async def test_one_line_per_step_activity_and_entity_batch(caplog: pytest.LogCap
     assert len(failed) == 1 and "Failed in" in failed[0].getMessage()
     assert "ValueError: no name" in failed[0].getMessage()
     batches = by_logger["durable_ext.entity"]
-    assert any(line.startswith("entity @visits@home: 1 messages applied in ") for line in batches), batches
+    expect = "entity @visits@home: 1 operations (0 failed) from 1 messages in "
+    assert any(line.startswith(expect) for line in batches), batches
 
 
 def test_azure_sdk_logging_is_quiet_by_default(levels: None) -> None:

@@ -513,6 +513,7 @@ class _Step:
         except UnknownFunctionError as exc:
             self.lookup_error = exc
         self.applied = 0
+        self.failed = 0
 
     # -- ordering
 
@@ -635,6 +636,7 @@ class _Step:
             exists, state = ctx._snapshot()
         except Exception as exc:
             failure = exception_failure(exc)
+            self.failed += 1
             ctx._reset(*before)  # roll back: the state as it was before this operation
         else:
             s.exists, s.state = exists, state
@@ -710,6 +712,7 @@ def run_entity_step(
     rec.last_updated_at = now
     result = StepResult(rec, [], consumed=[m.id for m in inbox], messages=step.out)
     result.wake_at = step.next_due()
+    result.operations, result.failed_operations = step.applied, step.failed
     return result
 
 

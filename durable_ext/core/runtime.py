@@ -90,6 +90,9 @@ class StepResult:
     rewind_marker: Event | None = None
     #: When the instance needs a step even if no message wakes it (an entity's scheduled signal).
     wake_at: datetime | None = None
+    #: An entity step's operations run, and how many of them failed (rolled back).
+    operations: int = 0
+    failed_operations: int = 0
 
     @property
     def changed(self) -> bool:
