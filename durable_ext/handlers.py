@@ -190,16 +190,22 @@ class LocalDispatch(LocalDispatcher):
     copy becomes visible and any process applies it (history drops duplicates).
     """
 
-    def __init__(self, handlers: DurableHandlers, limit: int = 10_000) -> None:
+    def __init__(self, handlers: DurableHandlers, limit: int = 10_000, timer_limit: int = 10_000) -> None:
         self.handlers = handlers
-        self.limit = limit
+        self.limit = limit  # messages due now, pending here
+        self.timer_limit = timer_limit  # timers waiting here (counted apart: they wait long)
         #: pending applications: the queued copy of each and when it is due
         self.tasks: dict[asyncio.Future[None], tuple[_Backup, datetime | None]] = {}
+        self.timers = 0
         self.stopping = False
         self.applied = 0  # messages (or wake-ups) applied here whose queue copy was discarded
 
-    def accepts(self) -> bool:
-        return not self.stopping and len(self.tasks) < self.limit
+    def accepts(self, due: datetime | None) -> bool:
+        if self.stopping:
+            return False
+        if due is None:
+            return len(self.tasks) - self.timers < self.limit
+        return self.timers < self.timer_limit
 
     def run(
         self,
@@ -210,10 +216,13 @@ class LocalDispatch(LocalDispatcher):
     ) -> None:
         task = asyncio.ensure_future(self._apply(instance_id, messages, due, backup))
         self.tasks[task] = (backup, due)
+        self.timers += due is not None
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Future[None]) -> None:
-        self.tasks.pop(task, None)
+        entry = self.tasks.pop(task, None)
+        if entry is not None and entry[1] is not None:
+            self.timers -= 1
 
     async def _apply(
         self,

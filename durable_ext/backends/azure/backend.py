@@ -122,7 +122,7 @@ class SentMessage:
 class LocalDispatcher:
     """Lets the backend apply in this process the messages it sends to instances.
 
-    When ``accepts()`` the backend enqueues the message's durable copy made
+    When ``accepts(due)`` the backend enqueues the message's durable copy made
     invisible for a grace period past its due time, and calls ``run`` with the
     future of that copy; the dispatcher applies the message (at ``due``) and
     then discards the copy through ``AzureBackend.discard``.
@@ -131,8 +131,8 @@ class LocalDispatcher:
     #: how long a queued copy stays invisible past its due time while this process applies it
     grace = timedelta(seconds=10)
 
-    def accepts(self) -> bool:  # pragma: no cover - interface
-        """Whether it takes one more message now."""
+    def accepts(self, due: datetime | None) -> bool:  # pragma: no cover - interface
+        """Whether it takes one more message, due now (``None``) or at ``due``."""
         return False
 
     def run(  # pragma: no cover - interface
@@ -340,8 +340,8 @@ class AzureBackend(Backend):
         delay = due - self.clock.now() if due is not None else timedelta(0)
         if delay <= timedelta(0):
             due, delay = None, timedelta(0)
-        dispatcher = self.dispatcher
-        if not in_process or dispatcher is None or delay > _LOCAL_TIMER_HORIZON or not dispatcher.accepts():
+        dispatcher = self.dispatcher if in_process and delay <= _LOCAL_TIMER_HORIZON else None
+        if dispatcher is None or not dispatcher.accepts(due):
             await self._enqueue(queue, body, delay)
             return
         backup = asyncio.ensure_future(self._enqueue(queue, body, delay + dispatcher.grace))
