@@ -10,10 +10,15 @@ LRU cache so a step on a cached instance loads and applies only new events.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
+import random
 import time
 from collections import OrderedDict
+from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any
 
 from .backends.base import Backend, LoadedInstance
 from .backends.memory import MemoryBackend
@@ -51,8 +56,14 @@ class Engine:
         clock: Clock | None = None,
         cache_size: int = 1024,
         max_conflict_retries: int = 20,
+        activity_threads: Executor | None = None,
+        entity_threads: Executor | None = None,
     ) -> None:
+        """``activity_threads`` runs sync activities (``None``: the loop's default executor) and
+        ``entity_threads`` entity batches (``None``: inline on the loop, as the test harness wants)."""
         self.registry = registry
+        self.activity_threads = activity_threads
+        self.entity_threads = entity_threads
         self.backend = backend
         self.clock = clock or getattr(backend, "clock", None) or Clock()
         self.cache_size = cache_size
@@ -114,6 +125,7 @@ class Engine:
             except ConflictError:
                 self.stats["conflicts"] += 1
                 self._cache.pop(instance_id, None)
+                await _back_off(attempt)
                 continue
             except BaseException:
                 self._cache.pop(instance_id, None)
@@ -133,11 +145,18 @@ class Engine:
                 return None
             if not loaded.inbox and not needs_step(loaded.record, self.clock.now()):
                 return None
-            step = run_entity_step(self.registry, loaded.record, loaded.inbox, self.clock.now())
+            now = self.clock.now()
+            if self.entity_threads is None:  # in memory (the test harness): inline, deterministic
+                step = run_entity_step(self.registry, loaded.record, loaded.inbox, now)
+            else:  # entity operations are user code that may block: never on a worker's event loop
+                step = await _in_thread(
+                    self.entity_threads, run_entity_step, self.registry, loaded.record, loaded.inbox, now
+                )
             try:
                 await self.backend.commit(loaded, step)
             except ConflictError:
                 self.stats["conflicts"] += 1
+                await _back_off(attempt)
                 continue
             self.stats["steps"] += 1
             if entity_log.isEnabledFor(logging.INFO):
@@ -210,7 +229,7 @@ class Engine:
             if info.is_async:
                 result = await _call(info.fn, info.input_name, value)
             else:
-                result = await asyncio.to_thread(_call_sync, info.fn, info.input_name, value)
+                result = await _in_thread(self.activity_threads, _call_sync, info.fn, info.input_name, value)
             payload = to_json(result, f"result of activity '{request.name}'")
             event = h.task_completed(stamp, request.task_id, payload)
             activity_log.info(
@@ -251,6 +270,26 @@ def _log_step(instance_id: str, step: StepResult, messages: int, retries: int, b
         (time.perf_counter() - begin) * 1000,
         f" ({retries} retries)" if retries else "",
     )
+
+
+CONFLICT_BACKOFF_S = 0.005  # the first wait after an ETag conflict, doubled each time
+CONFLICT_BACKOFF_CAP_S = 0.5
+
+
+async def _back_off(attempt: int) -> None:
+    """Wait before stepping again after a conflict: random, growing, bounded.
+
+    Another process just committed this instance, and more may be on their way
+    (a fan-in's results land on several processes at once); retrying at once
+    would only collide again. Full jitter spreads the retries.
+    """
+    await asyncio.sleep(random.uniform(0, min(CONFLICT_BACKOFF_CAP_S, CONFLICT_BACKOFF_S * 2**attempt)))
+
+
+async def _in_thread(threads: Executor | None, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` on ``threads`` (the loop's default executor for ``None``), with this context."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(threads, call)
 
 
 async def _call(fn, input_name, value):  # type: ignore[no-untyped-def]

@@ -16,10 +16,11 @@ backup and is deduplicated (docs/storage.md, "In-process work").
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -94,7 +95,8 @@ class ActivitySlots(LocalActivities):
         self.active = 0  # running now
         self.waiting = 0  # handed over (or reserved by a commit in progress), not running yet
         self.mean_run: float | None = None  # seconds, moving average of finished activities
-        self.running: set[asyncio.Future[None]] = set()
+        #: every handed-over activity until its result is delivered (or it was spilled)
+        self.running: dict[asyncio.Future[None], ActivityRequest] = {}
         self.pending: dict[asyncio.Future[None], ActivityRequest] = {}  # handed over, no slot yet
         self._slots = asyncio.Semaphore(limit)
         self.peak = 0
@@ -134,12 +136,12 @@ class ActivitySlots(LocalActivities):
         """Run activities the backend reserved places for (each holds one until it starts)."""
         for request in requests:
             task = asyncio.ensure_future(self._run(request))
-            self.running.add(task)
+            self.running[task] = request
             self.pending[task] = request
             task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Future[None]) -> None:
-        self.running.discard(task)
+        self.running.pop(task, None)
         self.pending.pop(task, None)
 
     async def _run(self, request: ActivityRequest) -> None:
@@ -150,7 +152,11 @@ class ActivitySlots(LocalActivities):
                 await asyncio.wait_for(self.acquire(), self.spill_after)
             except asyncio.TimeoutError:
                 self.spilled += 1
-                await handlers.backend.enqueue_activity(request)
+                try:
+                    await handlers.backend.enqueue_activity(request)
+                except Exception as exc:  # its o-…-l row still holds it: the sweep queues it later
+                    name, iid = request.name, request.instance_id
+                    log.error("spilling activity '%s' of %s failed: %s", name, iid, exc)
                 return
         finally:
             self.waiting -= 1
@@ -167,14 +173,26 @@ class ActivitySlots(LocalActivities):
             log.warning("result of %s for %s not delivered", request.name, request.instance_id)
 
     async def stop(self) -> None:
-        """Cancel running activities; send the ones still waiting to the work-item queue."""
-        waiting = list(self.pending.values())  # handed over but never started
-        for task in list(self.running):
+        """Hand every activity not yet answered to the work-item queue, and cancel it here.
+
+        Those still waiting for a slot never ran; those running are interrupted
+        (a sync one's thread finishes on its own, its result goes nowhere). Either
+        way another process (or this app's next start) runs them at once, instead
+        of after their ``o-…-l`` row falls due for the sweep.
+        """
+        unanswered = dict(self.running)
+        for task in unanswered:
             task.cancel()
-        await asyncio.gather(*self.running, return_exceptions=True)
-        # to the work-item queue, so another worker runs them now rather than after the sweep
+        await asyncio.gather(*unanswered, return_exceptions=True)
         backend = self.handlers.backend
-        await asyncio.gather(*(backend.enqueue_activity(a) for a in waiting), return_exceptions=True)
+        sent = await asyncio.gather(
+            *(backend.enqueue_activity(a) for a in unanswered.values()), return_exceptions=True
+        )
+        failed = sum(isinstance(x, BaseException) for x in sent)
+        if unanswered:
+            log.info("stop: %d unanswered activities handed to the work-item queue", len(unanswered) - failed)
+        if failed:
+            log.error("stop: %d activities could not be queued; the sweep queues them later", failed)
 
 
 _Backup = asyncio.Future[SentMessage | None]
@@ -287,10 +305,22 @@ class DurableHandlers:
     """
 
     def __init__(self, registry: Registry, backend: AzureBackend, options: DurableTaskOptions) -> None:
-        self.engine = Engine(registry, backend)
+        # Sync activities and entity batches run on pools sized by the limits, so the limits hold
+        # for sync code too (the loop's default executor has min(32, cores + 4) threads) and
+        # a slow entity operation never stalls the event loop.
+        self.activity_threads = ThreadPoolExecutor(
+            options.max_concurrent_activity_functions, thread_name_prefix="durable-activity"
+        )
+        self.entity_threads = ThreadPoolExecutor(
+            options.max_concurrent_orchestrator_functions, thread_name_prefix="durable-entity"
+        )
+        self.engine = Engine(
+            registry, backend, activity_threads=self.activity_threads, entity_threads=self.entity_threads
+        )
         self.backend = backend
         self.options = options
         self._boxes: dict[str, _Mailbox] = {}
+        self._retries: set[asyncio.Future[None]] = set()  # poison handlers retrying in the background
         self.slots = ActivitySlots(self, options.max_concurrent_activity_functions)
         self.dispatch = LocalDispatch(self)
         # maxConcurrentOrchestratorFunctions: steps running at once in this process
@@ -309,6 +339,11 @@ class DurableHandlers:
             self.backend.local_activities = None
         await self.dispatch.stop()
         await self.slots.stop()
+        for task in list(self._retries):
+            task.cancel()
+        # a sync activity already running cannot be interrupted: its thread ends on its own
+        self.activity_threads.shutdown(wait=False, cancel_futures=True)
+        self.entity_threads.shutdown(wait=False, cancel_futures=True)
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -413,29 +448,83 @@ class DurableHandlers:
 
     async def on_control_poison(self, message: QueueMessage) -> None:
         """A control message failed too often: fail its instance with the reason."""
-        with contextlib.suppress(Exception):
+        try:
             body = orjson.loads(message.content)
-            iid = body["m"]["i"] if "m" in body else body["i"]
-            await self.backend.force_fail(
-                str(iid),
-                f"a message for this instance failed {message.dequeue_count} times and was moved "
-                "to the poison queue",
-            )
+            iid = str(body["m"]["i"] if "m" in body else body["i"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.error("poison control message %s names no instance: %.200r", message.id, message.content)
+            return
+        reason = (
+            f"a message for this instance failed {message.dequeue_count} times "
+            "and was moved to the poison queue"
+        )
+
+        async def fail() -> None:
+            if not await self.backend.force_fail(iid, reason) and not await self._finished(iid):
+                raise RuntimeError("it kept changing under the attempt")
+
+        await self._until_done(f"failing instance {iid} after its poison message {message.id}", fail)
 
     async def on_work_item_poison(self, message: QueueMessage) -> None:
         """A work item failed too often: report the activity as failed to its orchestration."""
-        with contextlib.suppress(Exception):
+        try:
             request = r.activity_from_json(orjson.loads(message.content))
-            stamp = h.format_timestamp(self.backend.clock.now())
-            failure = h.failure_details(
-                "PoisonMessage",
-                f"activity '{request.name}' could not be run after {message.dequeue_count} attempts",
-                None,
-            )
-            event = h.task_failed(stamp, request.task_id, failure)
-            await self.backend.complete_activity(
-                request, Message(request.instance_id, event, request.execution_id)
-            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.error("poison work item %s is malformed: %.200r", message.id, message.content)
+            return
+        stamp = h.format_timestamp(self.backend.clock.now())
+        failure = h.failure_details(
+            "PoisonMessage",
+            f"activity '{request.name}' could not be run after {message.dequeue_count} attempts",
+            None,
+        )
+        event = h.task_failed(stamp, request.task_id, failure)
+        result = Message(request.instance_id, event, request.execution_id)
+
+        async def report() -> None:
+            await self.backend.complete_activity(request, result)
+
+        await self._until_done(
+            f"reporting poisoned activity '{request.name}' (task {request.task_id}) to {request.instance_id}",
+            report,
+        )
+
+    async def _finished(self, instance_id: str) -> bool:
+        record = await self.backend.get_instance(instance_id)
+        return record is None or record.status.is_terminal
+
+    async def _until_done(self, what: str, attempt: Callable[[], Awaitable[None]]) -> None:
+        """Run ``attempt`` now; if it fails, log an error and keep trying in the background.
+
+        The poison message is already on its way to the poison queue, so this is
+        the instance's last chance to leave Running with a readable reason: never
+        give up silently.
+        """
+        try:
+            await attempt()
+            return
+        except Exception as exc:
+            log.error("%s failed (%s: %s); retrying in the background", what, type(exc).__name__, exc)
+
+        async def retry() -> None:
+            for n, wait in enumerate(POISON_RETRIES_S):
+                await asyncio.sleep(wait)
+                try:
+                    await attempt()
+                except Exception as exc:
+                    log.error("%s failed again (%s: %s)", what, type(exc).__name__, exc)
+                else:
+                    log.warning("%s succeeded on retry %d", what, n + 1)
+                    return
+            log.error("%s: gave up after %d retries; it stays as it is", what, len(POISON_RETRIES_S))
+
+        task = asyncio.ensure_future(retry())
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+
+#: waits between the background retries of a poison handler that failed (about 10 minutes in all)
+POISON_RETRIES_S = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 180.0, 240.0)
 
 
 class EnvFaults(FaultHook):

@@ -239,7 +239,7 @@ class QueueTriggerRunner:
         self._slot = asyncio.Event()
         self._stopping = False
         self._delay = self._min
-        self._task = asyncio.create_task(self._poll_loop(), name=f"queue-trigger:{self.name}")
+        self._task = asyncio.create_task(self._keep_polling(), name=f"queue-trigger:{self.name}")
 
     def wake(self) -> None:
         """Poll now and reset the backoff: this process just enqueued something (thread-safe)."""
@@ -294,6 +294,15 @@ class QueueTriggerRunner:
         await self.stop()
 
     # -- polling -------------------------------------------------------------------------------
+
+    async def _keep_polling(self) -> None:
+        """``_poll_loop``, restarted (after a pause, with the error logged) if it ever raises."""
+        while not self._stopping:
+            try:
+                await self._poll_loop()
+            except Exception:
+                logger.exception("%s: the poll loop failed; restarting it in 1 s", self.name)
+                await asyncio.sleep(1.0)
 
     async def _poll_loop(self) -> None:
         """Receive batches while capacity allows; back off while the queue is empty."""

@@ -7,6 +7,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from azure.storage.queue.aio import QueueClient
@@ -408,3 +410,27 @@ async def test_group_wakes_and_stops_together(make_queue: Callable[..., Awaitabl
         await until(lambda: sum(r.handled for r in group) == 3, timeout=0.5)
         assert len(group) == 3 and group[queues[0].queue_name].handled == 1
     assert not any(r.running for r in group)
+
+
+async def test_a_poll_loop_that_raises_is_logged_and_restarted(caplog: pytest.LogCaptureFixture) -> None:
+    """An unexpected error in the poll loop never ends the runner silently."""
+    queue: Any = SimpleNamespace(queue_name="q")
+    runner = QueueTriggerRunner(queue, lambda m: asyncio.sleep(0))
+    calls = 0
+    again = asyncio.Event()
+
+    async def flaky_loop() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug in the loop")
+        again.set()
+        await asyncio.Event().wait()  # polls forever
+
+    runner._poll_loop = flaky_loop  # type: ignore[method-assign]
+    task = asyncio.create_task(runner._keep_polling())
+    await asyncio.wait_for(again.wait(), timeout=5)
+    runner._stopping = True
+    task.cancel()
+    assert calls == 2
+    assert any("poll loop failed; restarting" in r.getMessage() for r in caplog.records)

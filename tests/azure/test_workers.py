@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -289,6 +290,153 @@ async def test_max_concurrent_orchestrator_functions(azurite: Azurite, limit: in
             assert backend.peak == 2, backend.peak
         else:  # without a tight limit the same load overlaps more: the probe sees concurrency
             assert backend.peak > 2, backend.peak
+    finally:
+        await backend.delete_task_hub()
+        await backend.close()
+
+
+# --------------------------------------------------------------------------- sync code off the event loop
+
+
+class Overlap:
+    """How many calls of some sync code ran at once (from any thread)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.active = 0
+        self.peak = 0
+
+    def run(self, seconds: float) -> None:
+        with self.lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            time.sleep(seconds)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+SLOW = Overlap()
+
+
+@app.activity_trigger(input_name="value")
+def slow_sync(value: int) -> int:
+    """A sync activity that blocks its thread for 0.2 s."""
+    SLOW.run(0.2)
+    return value
+
+
+@app.orchestration_trigger(context_name="context")
+def many_slow(context: df.DurableOrchestrationContext):
+    """Fan out ``slow_sync``."""
+    tasks = [context.call_activity("slow_sync", n) for n in range(context.get_input())]
+    return sum((yield context.task_all(tasks)))
+
+
+@app.entity_trigger(context_name="context")
+def sluggish(context: df.DurableEntityContext) -> None:
+    """An entity whose operation blocks for 0.5 s."""
+    time.sleep(0.5)
+    context.set_state(context.get_state(lambda: 0) + 1)
+
+
+async def hub_with(azurite: Azurite, **durable: Any) -> tuple[AzureBackend, DurableTaskOptions]:
+    """A fresh hub with these extensions.durableTask settings."""
+    name = f"C{os.getpid()}x{int(time.time() * 1000) % 10**8}"
+    doc = {"version": "2.0", "extensions": {"durableTask": {"hubName": name, **durable}}}
+    options = DurableTaskOptions.from_host_json(doc, {})
+    backend = AzureBackend(resolve_connection({"AzureWebJobsStorage": azurite.connection_string}), options)
+    await backend.create_task_hub()
+    return backend, options
+
+
+async def test_max_concurrent_activity_functions_holds_for_sync_activities(azurite: Azurite) -> None:
+    """12 slots on a 2-core machine: 12 sync activities run at once (the loop's default pool has 6
+    threads here), and never more."""
+    backend, options = await hub_with(azurite, maxConcurrentActivityFunctions=12)
+    assert options.max_concurrent_activity_functions > min(32, (os.cpu_count() or 1) + 4)
+    SLOW.peak = 0
+    try:
+        client = DurableOrchestrationClient(backend)
+        async with AzureWorker(app.registry, backend, options, repair_interval=timedelta(0)):
+            iid = await client.start_new("many_slow", "slow-1", 36)
+            assert (await client.wait_for_completion(iid, timeout=30)).output == sum(range(36))
+        assert SLOW.peak == 12, SLOW.peak
+    finally:
+        await backend.delete_task_hub()
+        await backend.close()
+
+
+async def test_a_slow_entity_operation_never_stalls_the_event_loop(azurite: Azurite) -> None:
+    """While ``sluggish`` blocks for 0.5 s per operation, the worker's event loop keeps ticking."""
+    backend, options = await hub_with(azurite)
+    lags: list[float] = []
+
+    async def ticker() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.01)
+            lags.append(loop.time() - before - 0.01)
+
+    try:
+        client = DurableOrchestrationClient(backend)
+        async with AzureWorker(app.registry, backend, options, repair_interval=timedelta(0)):
+            tick = asyncio.ensure_future(ticker())
+            entity = df.EntityId("sluggish", "s")
+            for _ in range(3):
+                await client.signal_entity(entity, "bump")
+            deadline = time.monotonic() + 20
+            while (await client.read_entity_state(entity)).entity_state != 3:
+                assert time.monotonic() < deadline, "the entity did not apply its 3 operations"
+                await asyncio.sleep(0.05)
+            tick.cancel()
+        assert max(lags) < 0.25, f"the event loop stalled {max(lags):.2f} s"
+    finally:
+        await backend.delete_task_hub()
+        await backend.close()
+
+
+# --------------------------------------------------------------------------- graceful stop
+
+NAP = {"seconds": 30.0, "started": 0}
+
+
+@app.activity_trigger(input_name="value")
+async def nap(value: str) -> str:
+    """Sleep ``NAP["seconds"]``: long in the first worker, short in the next."""
+    NAP["started"] += 1
+    await asyncio.sleep(NAP["seconds"])
+    return f"rested {value}"
+
+
+@app.orchestration_trigger(context_name="context")
+def napper(context: df.DurableOrchestrationContext):
+    """One long activity."""
+    return (yield context.call_activity("nap", context.get_input()))
+
+
+async def test_a_graceful_stop_hands_running_activities_to_the_next_start(azurite: Azurite) -> None:
+    """A worker stopped while an in-process activity runs queues it; the next worker finishes it at
+    once instead of after the activity's lease and the sweep (minutes by default)."""
+    backend, options = await hub_with(azurite)
+    NAP.update(seconds=30.0, started=0)
+    try:
+        client = DurableOrchestrationClient(backend)
+        async with AzureWorker(app.registry, backend, options, repair_interval=timedelta(0)):
+            iid = await client.start_new("napper", "nap-1", "well")
+            deadline = time.monotonic() + 10
+            while NAP["started"] == 0:
+                assert time.monotonic() < deadline, "the activity never started"
+                await asyncio.sleep(0.05)
+        NAP["seconds"] = 0.0
+        began = time.monotonic()
+        async with AzureWorker(app.registry, backend, options, repair_interval=timedelta(0)):
+            status = await client.wait_for_completion(iid, timeout=20)
+        elapsed = time.monotonic() - began
+        assert status.output == "rested well" and NAP["started"] == 2
+        assert elapsed < 3.0, f"the restarted worker took {elapsed:.1f} s"
     finally:
         await backend.delete_task_hub()
         await backend.close()
