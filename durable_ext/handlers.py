@@ -167,10 +167,32 @@ class ActivitySlots(LocalActivities):
             result = await handlers.engine.run_activity(request)
         finally:
             self.finished(loop.time() - begin)
-        try:
-            await handlers.deliver(request, result)
-        except Exception:  # the o-…-l row is still there: the sweep queues the activity again
-            log.warning("result of %s for %s not delivered", request.name, request.instance_id)
+        await self._deliver(request, result)
+
+    async def _deliver(self, request: ActivityRequest, result: Message) -> None:
+        """Deliver a result, retrying while storage is away: it lives only in this process's memory.
+
+        Given up after ``DELIVERY_RETRIES_S`` (by then the ``o-…-l`` row's lease
+        has run out and the sweep queues the activity again).
+        """
+        for wait in (0.0, *DELIVERY_RETRIES_S):
+            await asyncio.sleep(wait)
+            try:
+                await self.handlers.deliver(request, result)
+                return
+            except Exception as exc:
+                error = exc
+            log.warning(
+                "result of activity '%s' for %s not delivered (%s); retrying",
+                request.name,
+                request.instance_id,
+                error,
+            )
+        log.error(
+            "result of activity '%s' for %s not delivered; the sweep will run it again",
+            request.name,
+            request.instance_id,
+        )
 
     async def stop(self) -> None:
         """Hand every activity not yet answered to the work-item queue, and cancel it here.
@@ -194,6 +216,9 @@ class ActivitySlots(LocalActivities):
         if failed:
             log.error("stop: %d activities could not be queued; the sweep queues them later", failed)
 
+
+#: waits between attempts to deliver an in-process result while storage fails (about 5 minutes)
+DELIVERY_RETRIES_S = (0.5, 1.0, 1.0, 2.0, *([2.0] * 147))
 
 _Backup = asyncio.Future[SentMessage | None]
 

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 MAX_BATCH_SIZE = 32  # the service returns at most 32 messages per receive
 MAX_VISIBILITY = timedelta(days=7)  # the service's limit for any visibility timeout
 POISON_SUFFIX = "-poison"
+ERROR_POLLING_INTERVAL_S = 1.0  # the longest wait between receives while they fail
 _MAX_QUEUE_NAME = 63
 
 
@@ -328,10 +329,13 @@ class QueueTriggerRunner:
             if self._wake.is_set():  # woken during the receive: the message may have just missed it
                 self._delay = self._min
                 continue
-            if await self._sleep(min(self._delay * random.uniform(0.8, 1.2), self._max)):
+            # While storage fails, poll again within a second: the idle back-off would otherwise keep
+            # sleeping (up to max_polling_interval) well after storage is back.
+            ceiling = min(self._max, ERROR_POLLING_INTERVAL_S) if self._poll_failing else self._max
+            if await self._sleep(min(self._delay * random.uniform(0.8, 1.2), ceiling)):
                 self._delay = self._min
             else:
-                self._delay = min(self._delay * 2, self._max)
+                self._delay = min(self._delay * 2, ceiling)
 
     async def _sleep(self, seconds: float) -> bool:
         """Wait ``seconds`` or until woken; whether it was woken."""
