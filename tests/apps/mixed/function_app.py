@@ -116,11 +116,15 @@ def parent(context: df.DurableOrchestrationContext):
 
 @app.orchestration_trigger(context_name="context")
 def bump(context: df.DurableOrchestrationContext):
-    """Add the input to the ``tally`` entity named in it and read the value back."""
+    """Read the ``tally`` entity named in the input, add the amount, return the total right after it.
+
+    (A ``get`` after the ``add`` could see other callers' additions too; the ``add`` answers with
+    the total it made, so the callers' answers are distinct and the largest is the final total.)
+    """
     args = context.get_input()
     entity = df.EntityId("tally", args["key"])
-    yield context.call_entity(entity, "add", args["amount"])
-    return (yield context.call_entity(entity, "get"))
+    yield context.call_entity(entity, "get")
+    return (yield context.call_entity(entity, "add", args["amount"]))
 
 
 @app.entity_trigger(context_name="context")
