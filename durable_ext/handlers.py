@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from .backends.azure import rows as r
-from .backends.azure.backend import AzureBackend, FaultHook, LocalActivities, LocalDispatcher, SentMessage
+from .backends.azure.backend import AzureBackend, Backup, FaultHook, LocalActivities, LocalDispatcher
 from .config import DurableTaskOptions
 from .core import history as h
 from .core.registry import Registry
@@ -97,7 +97,6 @@ class ActivitySlots(LocalActivities):
         self.mean_run: float | None = None  # seconds, moving average of finished activities
         #: every handed-over activity until its result is delivered (or it was spilled)
         self.running: dict[asyncio.Future[None], ActivityRequest] = {}
-        self.pending: dict[asyncio.Future[None], ActivityRequest] = {}  # handed over, no slot yet
         self._slots = asyncio.Semaphore(limit)
         self.peak = 0
         self.spilled = 0
@@ -137,16 +136,13 @@ class ActivitySlots(LocalActivities):
         for request in requests:
             task = asyncio.ensure_future(self._run(request))
             self.running[task] = request
-            self.pending[task] = request
             task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Future[None]) -> None:
         self.running.pop(task, None)
-        self.pending.pop(task, None)
 
     async def _run(self, request: ActivityRequest) -> None:
         handlers = self.handlers
-        task = asyncio.current_task()
         try:
             try:
                 await asyncio.wait_for(self.acquire(), self.spill_after)
@@ -160,7 +156,6 @@ class ActivitySlots(LocalActivities):
                 return
         finally:
             self.waiting -= 1
-            self.pending.pop(task, None)  # type: ignore[arg-type]
         loop = asyncio.get_running_loop()
         begin = loop.time()
         try:
@@ -175,24 +170,13 @@ class ActivitySlots(LocalActivities):
         Given up after ``DELIVERY_RETRIES_S`` (by then the ``o-…-l`` row's lease
         has run out and the sweep queues the activity again).
         """
-        for wait in (0.0, *DELIVERY_RETRIES_S):
-            await asyncio.sleep(wait)
-            try:
-                await self.handlers.deliver(request, result)
-                return
-            except Exception as exc:
-                error = exc
-            log.warning(
-                "result of activity '%s' for %s not delivered (%s); retrying",
-                request.name,
-                request.instance_id,
-                error,
-            )
-        log.error(
-            "result of activity '%s' for %s not delivered; the sweep will run it again",
-            request.name,
-            request.instance_id,
-        )
+        what = f"delivering the result of activity '{request.name}' to {request.instance_id}"
+
+        async def deliver() -> None:
+            await self.handlers.deliver(request, result)
+
+        if not await _attempt(what, deliver, logging.WARNING):
+            await _retry(what, deliver, DELIVERY_RETRIES_S, logging.WARNING, "the sweep will run it again")
 
     async def stop(self) -> None:
         """Hand every activity not yet answered to the work-item queue, and cancel it here.
@@ -220,9 +204,6 @@ class ActivitySlots(LocalActivities):
 #: waits between attempts to deliver an in-process result while storage fails (about 5 minutes)
 DELIVERY_RETRIES_S = (0.5, 1.0, 1.0, 2.0, *([2.0] * 147))
 
-_Backup = asyncio.Future[SentMessage | None]
-
-
 class LocalDispatch(LocalDispatcher):
     """Applies here, at once or when due, the messages this process sends to instances.
 
@@ -238,7 +219,7 @@ class LocalDispatch(LocalDispatcher):
         self.limit = limit  # messages due now, pending here
         self.timer_limit = timer_limit  # timers waiting here (counted apart: they wait long)
         #: pending applications: the queued copy of each and when it is due
-        self.tasks: dict[asyncio.Future[None], tuple[_Backup, datetime | None]] = {}
+        self.tasks: dict[asyncio.Future[None], tuple[Backup, datetime | None]] = {}
         self.timers = 0
         self.stopping = False
         self.applied = 0  # messages (or wake-ups) applied here whose queue copy was discarded
@@ -255,7 +236,7 @@ class LocalDispatch(LocalDispatcher):
         instance_id: str,
         messages: list[Message],
         due: datetime | None,
-        backup: asyncio.Future[SentMessage | None],
+        backup: Backup,
     ) -> None:
         task = asyncio.ensure_future(self._apply(instance_id, messages, due, backup))
         self.tasks[task] = (backup, due)
@@ -272,7 +253,7 @@ class LocalDispatch(LocalDispatcher):
         instance_id: str,
         messages: list[Message],
         due: datetime | None,
-        backup: asyncio.Future[SentMessage | None],
+        backup: Backup,
     ) -> None:
         backend = self.handlers.backend
         if due is not None:
@@ -292,8 +273,6 @@ class LocalDispatch(LocalDispatcher):
             sent = await backup
         except Exception:
             return  # not sent: nothing to discard or reveal
-        if sent is None:
-            return
         if applied:
             await backend.discard(sent)
             self.applied += 1
@@ -316,9 +295,7 @@ class LocalDispatch(LocalDispatcher):
         handed: list[Any] = []
         for _, (backup, due) in pending:
             if backup.done() and not backup.cancelled() and backup.exception() is None:
-                sent = backup.result()
-                if sent is not None:
-                    handed.append(backend.reveal(sent, due))
+                handed.append(backend.reveal(backup.result(), due))
         await asyncio.gather(*handed, return_exceptions=True)
 
 
@@ -525,27 +502,34 @@ class DurableHandlers:
         the instance's last chance to leave Running with a readable reason: never
         give up silently.
         """
-        try:
-            await attempt()
+        if await _attempt(what, attempt, logging.ERROR):
             return
-        except Exception as exc:
-            log.error("%s failed (%s: %s); retrying in the background", what, type(exc).__name__, exc)
-
-        async def retry() -> None:
-            for n, wait in enumerate(POISON_RETRIES_S):
-                await asyncio.sleep(wait)
-                try:
-                    await attempt()
-                except Exception as exc:
-                    log.error("%s failed again (%s: %s)", what, type(exc).__name__, exc)
-                else:
-                    log.warning("%s succeeded on retry %d", what, n + 1)
-                    return
-            log.error("%s: gave up after %d retries; it stays as it is", what, len(POISON_RETRIES_S))
-
-        task = asyncio.ensure_future(retry())
+        retry = _retry(what, attempt, POISON_RETRIES_S, logging.ERROR, "it stays as it is")
+        task = asyncio.ensure_future(retry)
         self._retries.add(task)
         task.add_done_callback(self._retries.discard)
+
+
+async def _attempt(what: str, attempt: Callable[[], Awaitable[None]], level: int) -> bool:
+    """Run ``attempt``; whether it worked (a failure is logged at ``level``)."""
+    try:
+        await attempt()
+    except Exception as exc:
+        log.log(level, "%s failed (%s: %s); retrying", what, type(exc).__name__, exc)
+        return False
+    return True
+
+
+async def _retry(
+    what: str, attempt: Callable[[], Awaitable[None]], waits: tuple[float, ...], level: int, then: str
+) -> None:
+    """Run ``attempt`` again after each of ``waits`` until it works; say so, or that it gave up."""
+    for n, wait in enumerate(waits, 1):
+        await asyncio.sleep(wait)
+        if await _attempt(what, attempt, level):
+            log.warning("%s succeeded on retry %d", what, n)
+            return
+    log.error("%s: gave up after %d retries; %s", what, len(waits), then)
 
 
 #: waits between the background retries of a poison handler that failed (about 10 minutes in all)

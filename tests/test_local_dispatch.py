@@ -6,7 +6,7 @@ import asyncio
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from durable_ext.backends.azure.backend import SentMessage
+from durable_ext.backends.azure.backend import Backup, SentMessage
 from durable_ext.clock import Clock
 from durable_ext.handlers import LocalDispatch
 
@@ -39,8 +39,8 @@ class FakeHandlers:
         self.applied.append((instance_id, self.backend.clock.now()))
 
 
-def sent(message_id: str) -> asyncio.Future[SentMessage | None]:
-    future: asyncio.Future[SentMessage | None] = asyncio.get_running_loop().create_future()
+def sent(message_id: str) -> Backup:
+    future: Backup = asyncio.get_running_loop().create_future()
     future.set_result(SentMessage(None, message_id, "receipt"))
     return future
 

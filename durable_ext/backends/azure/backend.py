@@ -119,6 +119,10 @@ class SentMessage:
     pop_receipt: str
 
 
+#: the future of a message's queued copy, handed to the dispatcher while it is being sent
+Backup = asyncio.Future[SentMessage]
+
+
 class LocalDispatcher:
     """Lets the backend apply in this process the messages it sends to instances.
 
@@ -140,7 +144,7 @@ class LocalDispatcher:
         instance_id: str,
         messages: list[Message],
         due: datetime | None,
-        backup: asyncio.Future[SentMessage | None],
+        backup: Backup,
     ) -> None:
         """Apply ``messages`` (empty: the instance's inbox) to the instance at ``due``."""
 
@@ -162,6 +166,14 @@ class LocalActivities:
 
     def start(self, requests: list[ActivityRequest]) -> None:  # pragma: no cover - interface
         """Run reserved activities (each holds one slot until it finishes)."""
+
+
+def _visibility_seconds(delay: timedelta | None) -> int:
+    """A delay as the queue counts visibility: whole seconds, rounded up (a timer's message must
+    not become visible before it is due), 0 for none, at most the service's limit."""
+    if delay is None or delay <= timedelta(0):
+        return 0
+    return math.ceil(min(delay, _MAX_VISIBILITY).total_seconds())
 
 
 def _now() -> datetime:
@@ -297,15 +309,16 @@ class AzureBackend(Backend):
 
     async def _enqueue(self, queue: Any, body: dict[str, Any], delay: timedelta | None = None) -> SentMessage:
         data = orjson.dumps(body).decode()
-        seconds = None
-        if delay is not None and delay > timedelta(0):
-            # whole seconds, rounded up: a timer's message must not become visible before it is due
-            seconds = math.ceil(min(delay, _MAX_VISIBILITY).total_seconds())
+        seconds = _visibility_seconds(delay)
         # time_to_live=-1: never expire, so a long timer's leg cannot age out while invisible
-        sent = await queue.send_message(data, visibility_timeout=seconds, time_to_live=-1)
+        sent = await queue.send_message(data, visibility_timeout=seconds or None, time_to_live=-1)
+        self._visible(queue, seconds)
+        return SentMessage(queue, sent.id, sent.pop_receipt)
+
+    def _visible(self, queue: Any, seconds: int) -> None:
+        """Tell this process's pollers (the local emulator) of a message visible now."""
         if self.on_enqueue is not None and not seconds:
             self.on_enqueue(queue.queue_name)
-        return SentMessage(queue, sent.id, sent.pop_receipt)
 
     async def discard(self, sent: SentMessage) -> None:
         """Delete a message this process sent (gone, or taken by another process: fine)."""
@@ -314,12 +327,10 @@ class AzureBackend(Backend):
 
     async def reveal(self, sent: SentMessage, due: datetime | None) -> None:
         """Make a message this process sent visible at ``due`` (at once when ``None``)."""
-        delay = (due - self.clock.now()) if due is not None else timedelta(0)
-        seconds = math.ceil(min(max(delay, timedelta(0)), _MAX_VISIBILITY).total_seconds())
+        seconds = _visibility_seconds(due - self.clock.now() if due is not None else None)
         with contextlib.suppress(ResourceNotFoundError, HttpResponseError):
             await sent.queue.update_message(sent.id, sent.pop_receipt, visibility_timeout=seconds)
-        if self.on_enqueue is not None and not seconds:
-            self.on_enqueue(sent.queue.queue_name)
+        self._visible(sent.queue, seconds)
 
     async def _notify(
         self,

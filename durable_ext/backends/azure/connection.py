@@ -131,21 +131,22 @@ def retry_backoff(retry: int, rng: random.Random) -> float:
     return min(RETRY_CAP_S, RETRY_FIRST_S * 4 ** (retry - 2)) * rng.uniform(0.5, 1.5)
 
 
-class _QuickQueueRetry(_QueueRetry):  # type: ignore[misc]
+_rng = random.Random()
+
+
+class _QuickBackoff:
+    """Mixed into a storage SDK's retry policy: its waits are ``retry_backoff``'s."""
+
+    def get_backoff_time(self, settings: dict[str, Any]) -> float:
+        return retry_backoff(int(settings["count"]), _rng)
+
+
+class _QuickQueueRetry(_QuickBackoff, _QueueRetry):  # type: ignore[misc]
     """The queue SDK's retry policy with ``retry_backoff``."""
 
-    def get_backoff_time(self, settings: dict[str, Any]) -> float:
-        return retry_backoff(int(settings["count"]), _rng)
 
-
-class _QuickBlobRetry(_BlobRetry):  # type: ignore[misc]
+class _QuickBlobRetry(_QuickBackoff, _BlobRetry):  # type: ignore[misc]
     """The blob SDK's retry policy with ``retry_backoff``."""
-
-    def get_backoff_time(self, settings: dict[str, Any]) -> float:
-        return retry_backoff(int(settings["count"]), _rng)
-
-
-_rng = random.Random()
 
 
 def _retry_kwargs(service: str) -> dict[str, Any]:
