@@ -149,18 +149,23 @@ class _QuickBlobRetry(_QuickBackoff, _BlobRetry):  # type: ignore[misc]
     """The blob SDK's retry policy with ``retry_backoff``."""
 
 
+#: every kind of failure gets the whole budget (the policies allow 3 refused connections by default)
+_BUDGET = {
+    "retry_total": RETRY_TOTAL,
+    "retry_connect": RETRY_TOTAL,
+    "retry_read": RETRY_TOTAL,
+    "retry_status": RETRY_TOTAL,
+}
+
+
 def _retry_kwargs(service: str) -> dict[str, Any]:
     """The retry settings of one service's clients."""
     if service == "queue":
-        return {"retry_policy": _QuickQueueRetry(retry_total=RETRY_TOTAL)}
+        return {"retry_policy": _QuickQueueRetry(**_BUDGET)}
     if service == "blob":
-        return {"retry_policy": _QuickBlobRetry(retry_total=RETRY_TOTAL)}
+        return {"retry_policy": _QuickBlobRetry(**_BUDGET)}
     # tables use azure-core's policy: first retry at once, then factor * 2 ** (n - 1), capped
-    return {
-        "retry_total": RETRY_TOTAL,
-        "retry_backoff_factor": RETRY_FIRST_S,
-        "retry_backoff_max": RETRY_CAP_S,
-    }
+    return {**_BUDGET, "retry_backoff_factor": RETRY_FIRST_S, "retry_backoff_max": RETRY_CAP_S}
 
 
 class _Base64QueueService(QueueServiceClient):
