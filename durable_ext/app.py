@@ -9,7 +9,7 @@ With the Functions host the app registers only standard bindings
 ``durabletask/{*path}`` serving the management API, one queue trigger per
 control queue (``durabletask_control_NN`` on ``{hub}-control-NN``), one on
 ``{hub}-workitems`` (``durabletask_workitems``) and a timer
-(``durabletask_repair``, every 30 s) running the repair sweep. The hub name,
+(``durabletask_repair``, every 10 s) running the repair sweep. The hub name,
 partition count and connection come from the ``host.json`` next to the module
 that created the app (defaults without one), read when the app is created.
 """

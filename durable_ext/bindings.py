@@ -28,7 +28,7 @@ log = logging.getLogger("durable_ext.bindings")
 MANAGEMENT_FUNCTION = "durabletask_management"
 WORKITEMS_FUNCTION = "durabletask_workitems"
 REPAIR_FUNCTION = "durabletask_repair"
-REPAIR_SCHEDULE = "*/30 * * * * *"  # NCRONTAB with seconds: every 30 s
+REPAIR_SCHEDULE = "*/10 * * * * *"  # NCRONTAB with seconds: every 10 s (reads a row per process)
 MANAGEMENT_KEY_SETTING = "DURABLE_EXT_MANAGEMENT_KEY"
 
 

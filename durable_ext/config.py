@@ -555,6 +555,11 @@ def history_table(hub: str) -> str:
     return f"{hub}History"
 
 
+def workers_table(hub: str) -> str:
+    """``{hub}Workers``: the lease of each worker process and the instances it holds work for."""
+    return f"{hub}Workers"
+
+
 def control_queue(hub: str, index: int) -> str:
     """``{hub}-control-NN`` (lower case): orchestrator messages of partition ``index``."""
     return f"{hub.lower()}-control-{index:02d}"

@@ -34,6 +34,7 @@ from .core import history as h
 from .core.registry import Registry
 from .core.runtime import ActivityRequest, Message
 from .engine import Engine
+from .retrying import Background, attempt, forever, retry
 
 log = logging.getLogger("durable_ext.worker")
 
@@ -148,11 +149,14 @@ class ActivitySlots(LocalActivities):
                 await asyncio.wait_for(self.acquire(), self.spill_after)
             except asyncio.TimeoutError:
                 self.spilled += 1
-                try:
+                what = f"spilling activity '{request.name}' of {request.instance_id} to the work-item queue"
+
+                async def spill() -> None:
                     await handlers.backend.enqueue_activity(request)
-                except Exception as exc:  # its o-…-l row still holds it: the sweep queues it later
-                    name, iid = request.name, request.instance_id
-                    log.error("spilling activity '%s' of %s failed: %s", name, iid, exc)
+
+                if not await attempt(what, spill, logging.WARNING):
+                    await retry(what, spill, forever(), logging.WARNING, "")
+                handlers.backend.lease.release(request.instance_id)
                 return
         finally:
             self.waiting -= 1
@@ -163,20 +167,21 @@ class ActivitySlots(LocalActivities):
         finally:
             self.finished(loop.time() - begin)
         await self._deliver(request, result)
+        handlers.backend.lease.release(request.instance_id)
 
     async def _deliver(self, request: ActivityRequest, result: Message) -> None:
         """Deliver a result, retrying while storage is away: it lives only in this process's memory.
 
-        Given up after ``DELIVERY_RETRIES_S`` (by then the ``o-…-l`` row's lease
-        has run out and the sweep queues the activity again).
+        The activity stays held under this process's lease until then, so if
+        the process dies first a sweep queues it again.
         """
         what = f"delivering the result of activity '{request.name}' to {request.instance_id}"
 
         async def deliver() -> None:
             await self.handlers.deliver(request, result)
 
-        if not await _attempt(what, deliver, logging.WARNING):
-            await _retry(what, deliver, DELIVERY_RETRIES_S, logging.WARNING, "the sweep will run it again")
+        if not await attempt(what, deliver, logging.WARNING):
+            await retry(what, deliver, forever(), logging.WARNING, "")
 
     async def stop(self) -> None:
         """Hand every activity not yet answered to the work-item queue, and cancel it here.
@@ -191,18 +196,22 @@ class ActivitySlots(LocalActivities):
             task.cancel()
         await asyncio.gather(*unanswered, return_exceptions=True)
         backend = self.handlers.backend
-        sent = await asyncio.gather(
-            *(backend.enqueue_activity(a) for a in unanswered.values()), return_exceptions=True
-        )
-        failed = sum(isinstance(x, BaseException) for x in sent)
+        requests = list(unanswered.values())
+        sent = await asyncio.gather(*(backend.enqueue_activity(a) for a in requests), return_exceptions=True)
+        failed = 0
+        for request, outcome in zip(requests, sent, strict=True):
+            if isinstance(outcome, BaseException):
+                failed += 1  # still held: the lease, released expired at close, has a sweep queue it
+            else:
+                backend.lease.release(request.instance_id)
         if unanswered:
             log.info("stop: %d unanswered activities handed to the work-item queue", len(unanswered) - failed)
         if failed:
-            log.error("stop: %d activities could not be queued; the sweep queues them later", failed)
+            log.error(
+                "stop: %d activities could not be queued; a sweep queues them once this lease is taken over",
+                failed,
+            )
 
-
-#: waits between attempts to deliver an in-process result while storage fails (about 5 minutes)
-DELIVERY_RETRIES_S = (0.5, 1.0, 1.0, 2.0, *([2.0] * 147))
 
 class LocalDispatch(LocalDispatcher):
     """Applies here, at once or when due, the messages this process sends to instances.
@@ -273,11 +282,15 @@ class LocalDispatch(LocalDispatcher):
             sent = await backup
         except Exception:
             return  # not sent: nothing to discard or reveal
-        if applied:
-            await backend.discard(sent)
-            self.applied += 1
-        else:
-            await backend.reveal(sent, None)
+        try:
+            if applied:
+                await backend.discard(sent)
+                self.applied += 1
+            else:
+                await backend.reveal(sent, None)
+        except Exception as exc:  # storage away: the copy appears after its grace all the same
+            what = "deleting" if applied else "revealing"
+            log.warning("%s the queued copy of a message to %s failed (%s)", what, instance_id, exc)
 
     async def stop(self) -> None:
         """Stop taking messages and hand the pending ones back to the queue.
@@ -322,7 +335,7 @@ class DurableHandlers:
         self.backend = backend
         self.options = options
         self._boxes: dict[str, _Mailbox] = {}
-        self._retries: set[asyncio.Future[None]] = set()  # poison handlers retrying in the background
+        self._retries = Background()  # poison handlers retrying in the background
         self.slots = ActivitySlots(self, options.max_concurrent_activity_functions)
         self.dispatch = LocalDispatch(self)
         # maxConcurrentOrchestratorFunctions: steps running at once in this process
@@ -341,8 +354,7 @@ class DurableHandlers:
             self.backend.local_activities = None
         await self.dispatch.stop()
         await self.slots.stop()
-        for task in list(self._retries):
-            task.cancel()
+        await self._retries.cancel()
         # a sync activity already running cannot be interrupted: its thread ends on its own
         self.activity_threads.shutdown(wait=False, cancel_futures=True)
         self.entity_threads.shutdown(wait=False, cancel_futures=True)
@@ -495,41 +507,16 @@ class DurableHandlers:
         record = await self.backend.get_instance(instance_id)
         return record is None or record.status.is_terminal
 
-    async def _until_done(self, what: str, attempt: Callable[[], Awaitable[None]]) -> None:
-        """Run ``attempt`` now; if it fails, log an error and keep trying in the background.
+    async def _until_done(self, what: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` now; if it fails, log an error and keep trying in the background.
 
         The poison message is already on its way to the poison queue, so this is
         the instance's last chance to leave Running with a readable reason: never
         give up silently.
         """
-        if await _attempt(what, attempt, logging.ERROR):
+        if await attempt(what, work, logging.ERROR):
             return
-        retry = _retry(what, attempt, POISON_RETRIES_S, logging.ERROR, "it stays as it is")
-        task = asyncio.ensure_future(retry)
-        self._retries.add(task)
-        task.add_done_callback(self._retries.discard)
-
-
-async def _attempt(what: str, attempt: Callable[[], Awaitable[None]], level: int) -> bool:
-    """Run ``attempt``; whether it worked (a failure is logged at ``level``)."""
-    try:
-        await attempt()
-    except Exception as exc:
-        log.log(level, "%s failed (%s: %s); retrying", what, type(exc).__name__, exc)
-        return False
-    return True
-
-
-async def _retry(
-    what: str, attempt: Callable[[], Awaitable[None]], waits: tuple[float, ...], level: int, then: str
-) -> None:
-    """Run ``attempt`` again after each of ``waits`` until it works; say so, or that it gave up."""
-    for n, wait in enumerate(waits, 1):
-        await asyncio.sleep(wait)
-        if await _attempt(what, attempt, level):
-            log.warning("%s succeeded on retry %d", what, n)
-            return
-    log.error("%s: gave up after %d retries; %s", what, len(waits), then)
+        self._retries.spawn(retry(what, work, POISON_RETRIES_S, logging.ERROR, "it stays as it is"))
 
 
 #: waits between the background retries of a poison handler that failed (about 10 minutes in all)

@@ -12,6 +12,7 @@ import pytest
 import durable_ext.handlers as handlers_module
 from durable_ext.clock import Clock
 from durable_ext.handlers import DurableHandlers, QueueMessage
+from durable_ext.retrying import Background
 
 
 class FlakyBackend:
@@ -46,7 +47,7 @@ def poison_handlers(backend: FlakyBackend) -> DurableHandlers:
     """The handlers' poison methods, without an engine (they only use the backend)."""
     handlers = DurableHandlers.__new__(DurableHandlers)
     handlers.backend = backend  # type: ignore[assignment]
-    handlers._retries = set()
+    handlers._retries = Background()
     return handlers
 
 
@@ -60,8 +61,8 @@ def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def drain(handlers: DurableHandlers) -> None:
-    while handlers._retries:
-        await asyncio.gather(*list(handlers._retries))
+    while handlers._retries.tasks:
+        await asyncio.gather(*list(handlers._retries.tasks))
 
 
 async def test_failing_the_instance_is_retried_and_logged(caplog: pytest.LogCaptureFixture) -> None:

@@ -310,11 +310,9 @@ class LocalHost:
 
     async def start(self) -> None:
         """Load the app, start storage if needed, the worker, the triggers and the HTTP server."""
-        from ..backends.azure.backend import AzureBackend
         from ..backends.azure.connection import StorageCallCounter, resolve_connection
-        from ..handlers import EnvFaults
         from .loader import load_app
-        from .worker import AzureWorker
+        from .worker import AzureWorker, backend_from_settings
 
         applied = apply_local_settings(self.app_dir)
         if applied:
@@ -331,11 +329,7 @@ class LocalHost:
 
         self.counter = StorageCallCounter()
         connection = resolve_connection(env, options.connection_name, counter=self.counter)
-        repair_after = timedelta(seconds=float(env.get("DURABLE_EXT_REPAIR_AFTER", "30")))
-        self.backend = AzureBackend(
-            connection, options, fault=EnvFaults(env.get("DURABLE_EXT_FAULT", "")), repair_after=repair_after
-        )
-        interval = timedelta(seconds=float(env.get("DURABLE_EXT_REPAIR_INTERVAL", "30")))
+        self.backend, interval = backend_from_settings(connection, options, env)
         self.worker = AzureWorker(self.app.registry, self.backend, options, repair_interval=interval)
         runtime = DurableRuntime(
             self.app.registry,

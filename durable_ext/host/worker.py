@@ -13,18 +13,25 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 import orjson
 
 from ..backends.azure.backend import AzureBackend
+from ..backends.azure.connection import StorageConnection
+from ..backends.azure.leases import LEASE
 from ..config import DurableTaskOptions
 from ..core.registry import Registry
 from ..handlers import DurableHandlers, EnvFaults
+from ..retrying import attempt, forever, retry
 from .queues import QueueTriggerOptions, QueueTriggerRunner
 
 log = logging.getLogger("durable_ext.worker")
+
+#: between two sweeps: a dead process's work is taken over within a lease plus this
+REPAIR_INTERVAL = timedelta(seconds=10)
 
 
 class AzureWorker:
@@ -36,7 +43,7 @@ class AzureWorker:
         backend: AzureBackend,
         options: DurableTaskOptions,
         *,
-        repair_interval: timedelta = timedelta(seconds=30),
+        repair_interval: timedelta = REPAIR_INTERVAL,
     ) -> None:
         self.backend = backend
         self.options = options
@@ -47,24 +54,26 @@ class AzureWorker:
         self.runners: dict[str, QueueTriggerRunner] = {}
         self._repair_task: asyncio.Task[None] | None = None
 
-    def _queue_options(self, batch: int, visibility: timedelta, max_concurrency: int) -> QueueTriggerOptions:
+    def _queue_options(self, batch: int, max_concurrency: int) -> QueueTriggerOptions:
         opts = self.options
         return QueueTriggerOptions(
             batch_size=max(1, min(32, batch, max_concurrency)),
             max_dequeue_count=opts.queues.max_dequeue_count,
             max_polling_interval=opts.max_queue_polling_interval,
             visibility_timeout=opts.queues.visibility_timeout,
-            message_lease=visibility,
+            # a message being handled is held like any other work: back on the queue a lease
+            # after this process dies, not after the 10 minutes the Functions host uses
+            message_lease=self.backend.lease.duration,
         )
 
     async def start(self) -> None:
-        """Create the hub if needed and start polling."""
-        await self.backend.create_task_hub()
+        """Create the hub if needed (waiting for storage if it is away) and start polling."""
+        what = f"creating task hub {self.options.hub_name}"
+        if not await attempt(what, self.backend.create_task_hub, logging.WARNING):
+            await retry(what, self.backend.create_task_hub, forever(), logging.WARNING, "")
         opts = self.options
         control_opts = self._queue_options(
-            opts.control_queue_batch_size,
-            opts.control_queue_visibility_timeout,
-            opts.max_concurrent_orchestrator_functions,
+            opts.control_queue_batch_size, opts.max_concurrent_orchestrator_functions
         )
         for queue in self.backend.control_queues:
             self.runners[queue.queue_name] = QueueTriggerRunner(
@@ -75,9 +84,7 @@ class AzureWorker:
                 name=queue.queue_name,
             )
         work_opts = self._queue_options(
-            opts.max_concurrent_activity_functions,
-            opts.work_item_queue_visibility_timeout,
-            opts.max_concurrent_activity_functions,
+            opts.max_concurrent_activity_functions, opts.max_concurrent_activity_functions
         )
         self.runners[self.backend.workitems.queue_name] = QueueTriggerRunner(
             self.backend.workitems,
@@ -124,6 +131,21 @@ class AzureWorker:
         await self.stop()
 
 
+def backend_from_settings(
+    connection: StorageConnection, options: DurableTaskOptions, settings: Mapping[str, str]
+) -> tuple[AzureBackend, timedelta]:
+    """The backend and sweep interval a local process uses, with the settings' overrides.
+
+    ``DURABLE_EXT_LEASE`` (seconds, default 30) and ``DURABLE_EXT_REPAIR_INTERVAL``
+    (seconds between sweeps, default 10; 0 turns the sweep off) shorten
+    recovery in tests; ``DURABLE_EXT_FAULT`` injects crashes (``EnvFaults``).
+    """
+    lease = timedelta(seconds=float(settings.get("DURABLE_EXT_LEASE", LEASE.total_seconds())))
+    interval = float(settings.get("DURABLE_EXT_REPAIR_INTERVAL", REPAIR_INTERVAL.total_seconds()))
+    fault = EnvFaults(settings.get("DURABLE_EXT_FAULT", ""))
+    return AzureBackend(connection, options, fault=fault, lease=lease), timedelta(seconds=interval)
+
+
 async def serve(app_dir: str, stop: asyncio.Event | None = None) -> None:
     """Run one worker for the app in ``app_dir`` until ``stop`` is set (or forever)."""
     from ..backends.azure.connection import StorageCallCounter, resolve_connection
@@ -134,14 +156,7 @@ async def serve(app_dir: str, stop: asyncio.Event | None = None) -> None:
     options = DurableTaskOptions.from_app_dir(app_dir, settings)
     counter = StorageCallCounter()
     connection = resolve_connection(settings, options.connection_name, counter=counter)
-    repair_after = timedelta(seconds=float(settings.get("DURABLE_EXT_REPAIR_AFTER", "30")))
-    backend = AzureBackend(
-        connection,
-        options,
-        fault=EnvFaults(settings.get("DURABLE_EXT_FAULT", "")),
-        repair_after=repair_after,
-    )
-    interval = timedelta(seconds=float(settings.get("DURABLE_EXT_REPAIR_INTERVAL", "30")))
+    backend, interval = backend_from_settings(connection, options, settings)
     stats_file = settings.get("DURABLE_EXT_STATS_FILE")
     stats_every = float(settings.get("DURABLE_EXT_STATS_INTERVAL", "0.5"))  # seconds between writes
     stop = stop or asyncio.Event()

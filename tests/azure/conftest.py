@@ -36,7 +36,7 @@ def hub_options(**overrides: object) -> DurableTaskOptions:
 async def backend(azurite: Azurite) -> AsyncIterator[AzureBackend]:
     """A backend on a fresh task hub, deleted after the test."""
     connection = resolve_connection({"AzureWebJobsStorage": azurite.connection_string})
-    store = AzureBackend(connection, hub_options(), repair_after=timedelta(seconds=2))
+    store = AzureBackend(connection, hub_options(), lease=timedelta(seconds=2))
     await store.create_task_hub()
     yield store
     await store.delete_task_hub()

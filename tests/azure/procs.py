@@ -34,7 +34,7 @@ from durable_ext.host.worker import AzureWorker
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-REPAIR_AFTER = 2.0  # seconds: how old a row must be before the sweep repairs it
+LEASE = 2.0  # seconds: a worker silent this long is taken for dead
 REPAIR_INTERVAL = 1.0  # seconds between sweeps
 
 
@@ -92,7 +92,7 @@ class Hub:
         self,
         fault: FaultHook | None = None,
         *,
-        repair_after: float = REPAIR_AFTER,
+        lease: float = LEASE,
         clock: Clock | None = None,
     ) -> AzureBackend:
         """Another backend on the same hub (its own connection), as a worker would have."""
@@ -102,7 +102,7 @@ class Hub:
             options_of(self.doc),
             fault=fault,
             clock=clock,
-            repair_after=timedelta(seconds=repair_after),
+            lease=timedelta(seconds=lease),
         )
 
     def worker(self, backend: AzureBackend, repair_interval: float = REPAIR_INTERVAL) -> AzureWorker:
@@ -127,7 +127,7 @@ async def open_hub(folder: Path, connection_string: str) -> Hub:
     doc = host_json(new_hub())
     app_dir = write_app(folder / "app", doc)
     connection = resolve_connection({"AzureWebJobsStorage": connection_string})
-    backend = AzureBackend(connection, options_of(doc), repair_after=timedelta(seconds=REPAIR_AFTER))
+    backend = AzureBackend(connection, options_of(doc), lease=timedelta(seconds=LEASE))
     await backend.create_task_hub()
     return Hub(app_dir, doc, connection_string, backend, DurableOrchestrationClient(backend), folder / "runs")
 
@@ -141,8 +141,8 @@ class WorkerProcess:
         connection_string: str,
         *,
         fault: str = "",
-        repair_after: float = REPAIR_AFTER,
-        repair_interval: float = REPAIR_INTERVAL,
+        lease: float | None = LEASE,
+        repair_interval: float | None = REPAIR_INTERVAL,
         name: str = "worker",
     ) -> None:
         self.app_dir = app_dir
@@ -152,12 +152,14 @@ class WorkerProcess:
             {
                 "AzureWebJobsStorage": connection_string,
                 "DURABLE_EXT_FAULT": fault,
-                "DURABLE_EXT_REPAIR_AFTER": str(repair_after),
-                "DURABLE_EXT_REPAIR_INTERVAL": str(repair_interval),
                 "DURABLE_EXT_LOG": "INFO",
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
             }
         )
+        if lease is not None:  # None: the default, as users run it
+            env["DURABLE_EXT_LEASE"] = str(lease)
+        if repair_interval is not None:
+            env["DURABLE_EXT_REPAIR_INTERVAL"] = str(repair_interval)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - open for the child's lifetime
         self.process = subprocess.Popen(
             [sys.executable, "-m", "durable_ext.host.worker", str(app_dir)],

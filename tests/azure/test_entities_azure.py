@@ -63,7 +63,7 @@ from durable_ext.host.azurite import Azurite
 from durable_ext.host.worker import AzureWorker
 
 HERE = Path(__file__).resolve().parent
-REPAIR_AFTER = 1.5  # seconds (the worker processes get the same)
+LEASE = 1.5  # seconds (the worker processes get the same)
 POINTS = ["commit.before", "commit.after", "dispatch.after", "outbox.deleted"]
 RECOVERY_BOUND = 30.0
 
@@ -77,12 +77,10 @@ class EntityHub(Hub):
         )
 
     def backend_for_worker(self, fault: FaultHook | None = None) -> AzureBackend:
-        return self.new_backend(fault, repair_after=REPAIR_AFTER)
+        return self.new_backend(fault, lease=LEASE)
 
     def process(self, name: str, fault: str = "") -> WorkerProcess:
-        return WorkerProcess(
-            self.app_dir, self.connection_string, fault=fault, repair_after=REPAIR_AFTER, name=name
-        )
+        return WorkerProcess(self.app_dir, self.connection_string, fault=fault, lease=LEASE, name=name)
 
 
 @pytest.fixture
@@ -94,7 +92,7 @@ async def hub(azurite: Azurite, tmp_path: Path) -> AsyncIterator[EntityHub]:
     shutil.copyfile(HERE / "entity_app.py", app_dir / "function_app.py")
     (app_dir / "host.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     connection = resolve_connection({"AzureWebJobsStorage": azurite.connection_string})
-    backend = AzureBackend(connection, options_of(doc), repair_after=timedelta(seconds=REPAIR_AFTER))
+    backend = AzureBackend(connection, options_of(doc), lease=timedelta(seconds=LEASE))
     await backend.create_task_hub()
     made = EntityHub(
         app_dir,
@@ -299,13 +297,13 @@ async def test_scheduled_signal_is_not_applied_early(hub: EntityHub) -> None:
 
 
 async def test_scheduled_signal_is_applied_after_its_time(hub: EntityHub) -> None:
-    """Held scheduled signals apply once their time has come (a wake-up or the sweep's CheckAt)."""
+    """Held scheduled signals apply once their time has come (their delayed wake-up)."""
     target = eid("counter", "later")
     backend = hub.backend_for_worker()
     try:
         async with hub.worker(backend):
             due = await schedule_two_signals(hub, target, 3)
-            await state_becomes(hub.client, target, 12, timeout=REPAIR_AFTER + 8)
+            await state_becomes(hub.client, target, 12, timeout=LEASE + 8)
             applied = datetime.now(timezone.utc)
             state = await scheduler_state(hub.backend, target)
     finally:
@@ -514,11 +512,19 @@ async def committed_status(backend: AzureBackend, iid: str) -> Any:
 async def test_delayed_dispatch_is_held_until_the_gap_fills(
     hub: EntityHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Steps whose dispatch fails at ``commit.after`` reach the entity only by the sweep, after the
-    signals of the next step: the entity holds those until the gap fills, then applies all in order."""
+    """Steps whose dispatch fails at ``commit.after`` reach the entity only when the background retry
+    sends them (held back here until after the signals of the next step): the entity holds those
+    until the gap fills, then applies all in order."""
     spy = EntitySpy(monkeypatch)
     fault = RaiseAt("commit.after", set(), {1, 3})  # the orchestration steps sending rounds 0 and 2
     backend = spy.watch(hub.backend_for_worker(fault))
+    finish = backend._finish
+
+    async def late_finish(*args: Any) -> None:
+        await asyncio.sleep(1.5)  # the next round is sent meanwhile
+        await finish(*args)
+
+    monkeypatch.setattr(backend, "_finish", late_finish)
     try:
         async with hub.worker(backend):
             args = {"key": "gap", "rounds": 4, "per_round": 5}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import AsyncIterator
-from datetime import timedelta
 
 import pytest
 
@@ -50,7 +49,7 @@ async def two(azurite: Azurite) -> AsyncIterator[tuple[AzureBackend, AzureBacken
     backends = []
     for _ in range(2):
         connection = resolve_connection({"AzureWebJobsStorage": azurite.connection_string})
-        backends.append(AzureBackend(connection, options, repair_after=timedelta(hours=1)))
+        backends.append(AzureBackend(connection, options))
     await backends[0].create_task_hub()
     yield backends[0], backends[1]
     await backends[0].delete_task_hub()

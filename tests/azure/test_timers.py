@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
-from procs import REPAIR_AFTER, REPAIR_INTERVAL, Hub, history_problems, open_hub, wait_for_event
+from procs import Hub, history_problems, open_hub, wait_for_event
 
 from durable_ext import OrchestrationRuntimeStatus as Status
 from durable_ext.backends.azure.backend import AzureBackend
@@ -26,7 +26,7 @@ from durable_ext.core.history import EventType, parse_timestamp
 from durable_ext.handlers import QueueMessage
 from durable_ext.host.azurite import Azurite
 
-NO_SWEEP = 3600.0  # repair_after for tests where only the timer's own message may fire it
+NO_SWEEP = 3600.0  # sweep interval for tests where only the timer's own message may fire it
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ async def start_timer(hub: Hub, seconds: float) -> tuple[AzureBackend, str, date
 
     Returns the worker's (closed) backend, the instance id and the timer's fire time.
     """
-    backend = hub.new_backend(repair_after=NO_SWEEP)
+    backend = hub.new_backend()
     async with hub.worker(backend):
         iid = await hub.client.start_new("timer_flow", client_input={"seconds": seconds})
         created = await wait_for_event(hub.backend, iid, EventType.TimerCreated)
@@ -86,7 +86,7 @@ async def test_timer_survives_worker_restart(hub: Hub) -> None:
         1,
         0,
     )  # the timer: stored, not yet visible
-    backend = hub.new_backend(repair_after=NO_SWEEP)
+    backend = hub.new_backend()
     try:
         async with hub.worker(backend):
             status = await hub.client.wait_for_completion(iid, timeout=15)
@@ -103,7 +103,7 @@ async def test_timer_due_before_worker_starts_fires_at_once(hub: Hub) -> None:
     _, iid, fire_at = await start_timer(hub, 1)
     while hub.backend.clock.now() < fire_at + timedelta(seconds=1):
         await asyncio.sleep(0.1)
-    backend = hub.new_backend(repair_after=NO_SWEEP)
+    backend = hub.new_backend()
     try:
         started = time.monotonic()
         async with hub.worker(backend):
@@ -117,7 +117,7 @@ async def test_timer_due_before_worker_starts_fires_at_once(hub: Hub) -> None:
 
 async def test_timer_in_the_past_fires_at_once(hub: Hub) -> None:
     """A timer whose fire time already passed when it is created is sent undelayed."""
-    backend = hub.new_backend(repair_after=NO_SWEEP)
+    backend = hub.new_backend()
     try:
         async with hub.worker(backend):
             started = time.monotonic()
@@ -133,7 +133,7 @@ async def test_timer_in_the_past_fires_at_once(hub: Hub) -> None:
 @pytest.mark.parametrize("seconds", [1.3, 2.7])
 async def test_timer_never_fires_early(hub: Hub, seconds: float) -> None:
     """Queues count visibility in whole seconds: a fractional delay must not wake the orchestration early."""
-    backend = hub.new_backend(repair_after=NO_SWEEP)
+    backend = hub.new_backend()
     try:
         async with hub.worker(backend):
             iid = await hub.client.start_new("timer_flow", client_input={"seconds": seconds})
@@ -143,34 +143,6 @@ async def test_timer_never_fires_early(hub: Hub, seconds: float) -> None:
         await backend.close()
     fire_at = assert_fired_once(await hub.backend.get_history(iid), status.output)
     assert fire_at <= completed_at < fire_at + timedelta(seconds=3)
-
-
-async def test_lost_timer_message_is_refired_by_the_sweep(hub: Hub) -> None:
-    """The timer's queue message vanishes after the process that set it stopped (so no in-process
-    timer fires it either); the sweep re-sends it once fire time + repair_after passed."""
-    first = hub.new_backend()
-    try:
-        async with hub.worker(first):
-            iid = await hub.client.start_new("timer_flow", client_input={"seconds": 5})
-            created = await wait_for_event(hub.backend, iid, EventType.TimerCreated)
-            assert await control_queue_counts(hub.backend, iid, (1, 0)) == (1, 0)  # the timer is sent
-    finally:
-        await first.close()
-    await hub.backend.control_queue_for(iid).clear_messages()
-    assert await control_queue_counts(hub.backend, iid, (0, 0)) == (0, 0)
-    backend = hub.new_backend()
-    try:
-        async with hub.worker(backend, repair_interval=REPAIR_INTERVAL):
-            status = await hub.client.wait_for_completion(iid, timeout=25)
-            completed_at = backend.clock.now()
-    finally:
-        await backend.close()
-    fire_at = parse_timestamp(created["FireAt"])
-    late = (completed_at - fire_at).total_seconds()
-    bound = REPAIR_AFTER + REPAIR_INTERVAL + 3.0
-    assert REPAIR_AFTER * 0.9 <= late <= bound, f"fired {late:.1f}s after its time (bound {bound}s)"
-    assert backend.repairs >= 1
-    assert_fired_once(await hub.backend.get_history(iid), status.output)
 
 
 class SentLog:
@@ -206,7 +178,7 @@ async def test_timer_beyond_queue_limit_is_rearmed(hub: Hub) -> None:
     when the clock says they would have become visible.
     """
     clock = VirtualClock()
-    backend = hub.new_backend(repair_after=NO_SWEEP, clock=clock)
+    backend = hub.new_backend(clock=clock)
     sent = SentLog()
     for queue in backend.control_queues:
         sent.watch(queue)

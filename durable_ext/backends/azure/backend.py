@@ -4,8 +4,9 @@ See ``docs/storage.md`` for the rows, the order of writes and why every crash
 point is safe. In short: a step commits one entity-group transaction in the
 instance's ``{Hub}History`` partition (sentinel guarded by its ETag, new
 history rows, consumed inbox rows deleted, an outbox row of what it sends),
-then dispatches the outbox and deletes it. A sweep repairs whatever a crash
-or a lost queue message left behind.
+then dispatches the outbox and deletes it. Work left in flight is held under
+the committing process's lease (``leases.py``): if the process dies, a sweep
+takes over what it held within about a lease's duration.
 """
 
 from __future__ import annotations
@@ -35,17 +36,19 @@ from ...config import (
     instances_table,
     large_messages_container,
     partition_of,
+    workers_table,
     workitem_queue,
 )
-from ...core import history as h
 from ...core.entities import is_entity_instance, new_entity_record
 from ...core.errors import ConflictError, DurableError, InstanceAlreadyExistsError, StaleStateError
 from ...core.history import Event, EventType
 from ...core.runtime import ActivityRequest, InstanceRecord, Message, StepResult, failure_step
 from ...core.status import OrchestrationRuntimeStatus as Status
+from ...retrying import Background, forever, retry
 from ..base import Backend, InstanceQuery, LoadedInstance, QueryPage
 from . import rows as r
 from .connection import StorageConnection
+from .leases import LEASE, WorkerLease
 
 log = logging.getLogger("durable_ext.azure")
 
@@ -197,18 +200,20 @@ class AzureBackend(Backend):
         *,
         clock: Clock | None = None,
         fault: FaultHook | None = None,
-        repair_after: timedelta = timedelta(seconds=30),
+        lease: timedelta = LEASE,
     ) -> None:
         self.connection = connection
         self.options = options
         self.hub = options.hub_name
         self.clock = clock or Clock()
         self.fault = fault or FaultHook()
-        self.repair_after = repair_after
         tables = connection.table_service()
         queues = connection.queue_service()
         self.history = tables.get_table_client(history_table(self.hub))
         self.instances = tables.get_table_client(instances_table(self.hub))
+        self.workers = tables.get_table_client(workers_table(self.hub))
+        self.lease = WorkerLease(self.workers, self.recover, clock=self.clock, duration=lease)
+        self.background = Background()  # dispatches retried after a failure (held by the lease)
         self.control_queues = [
             queues.get_queue_client(control_queue(self.hub, i)) for i in range(options.partition_count)
         ]
@@ -233,6 +238,7 @@ class AzureBackend(Backend):
         await asyncio.gather(
             ignore_exists(self.history.create_table()),
             ignore_exists(self.instances.create_table()),
+            ignore_exists(self.workers.create_table()),
             ignore_exists(self.workitems.create_queue()),
             ignore_exists(self.blobs.create_container()),
             *(ignore_exists(q.create_queue()) for q in self.control_queues),
@@ -250,6 +256,7 @@ class AzureBackend(Backend):
         await asyncio.gather(
             ignore_missing(self.history.delete_table()),
             ignore_missing(self.instances.delete_table()),
+            ignore_missing(self.workers.delete_table()),
             ignore_missing(self.blobs.delete_container()),
             *(ignore_missing(queues.delete_queue(n)) for n in names),
             *(ignore_missing(queues.delete_queue(f"{n}-poison")) for n in names),
@@ -360,7 +367,42 @@ class AzureBackend(Backend):
         await backup
 
     async def send_messages(self, messages: list[Message]) -> None:
-        await asyncio.gather(*(self._send(m) for m in messages))
+        """Send messages from a client: each inbox write follows its wake-up (see ``_ahead``)."""
+
+        async def send(message: Message) -> None:
+            if message.event["EventType"] in _INLINE:
+                await self._send(message)  # carried by its queue message: nothing to orphan
+                return
+            ahead = await self._ahead(message.instance_id, message.visible_at)
+            await self._write_inbox(message)
+            await self._after(ahead, message.instance_id, message.visible_at)
+
+        await asyncio.gather(*(send(m) for m in messages))
+
+    async def _ahead(self, instance_id: str, due: datetime | None) -> SentMessage:
+        """A wake-up queued before a client writes to an instance, invisible for a lease.
+
+        Nobody holds a client's writes (a client has no lease), so the queue
+        does: if the client stops between its writes, the wake-up still comes,
+        a lease later, and the instance reads whatever got written.
+        """
+        delay = max(due - self.clock.now(), timedelta(0)) if due is not None else timedelta(0)
+        return await self._enqueue(
+            self.control_queue_for(instance_id), {"i": instance_id}, delay + self.lease.duration
+        )
+
+    async def _after(self, ahead: SentMessage, instance_id: str, due: datetime | None) -> None:
+        """The client's writes are done: apply them here, or let the wake-up come when due."""
+        if due is not None and due <= self.clock.now():
+            due = None
+        dispatcher = self.dispatcher
+        local = due is None or due - self.clock.now() <= _LOCAL_TIMER_HORIZON
+        if dispatcher is not None and local and dispatcher.accepts(due):
+            backup: Backup = asyncio.get_running_loop().create_future()
+            backup.set_result(ahead)
+            dispatcher.run(instance_id, [], due, backup)
+            return
+        await self.reveal(ahead, due)
 
     async def _send(self, message: Message, in_process: bool = True) -> None:
         body = r.message_to_json(message)
@@ -457,6 +499,7 @@ class AzureBackend(Backend):
                     "or use another id"
                 )
         props = await self._text_props(iid, record)
+        ahead = await self._ahead(iid, None)
         sentinel = {"PartitionKey": iid, "RowKey": r.SENTINEL, **props, "HistoryLength": 0}
         if current is not None:
             sentinel["Dedupe"] = current.get("Dedupe")
@@ -476,7 +519,7 @@ class AzureBackend(Backend):
             raise
         await self._project(iid, props)
         await self._write_inbox(start)
-        await self._wake(iid)
+        await self._after(ahead, iid, None)
 
     async def _project(self, instance_id: str, props: dict[str, Any]) -> None:
         """Upsert the Instances row that management queries read."""
@@ -663,16 +706,26 @@ class AzureBackend(Backend):
         for request in step.activities:
             (local if reserve is not None and reserve.try_reserve() else queued).append(request)
         step_id = uuid.uuid4().hex
-        outbox = r.Outbox(step_id, queued, list(step.messages), project)
-        if outbox.activities or outbox.messages or outbox.project:
-            ops.append(("create", await self._outbox_entity(iid, r.outbox_key(step_id), outbox, now)))
-        else:
-            outbox = None  # type: ignore[assignment]
+        wake_at = step.wake_at if step.wake_at != private.sentinel.get("WakeAt") else None
+        outbox: r.Outbox | None = r.Outbox(step_id, queued, list(step.messages), project, wake_at)
+        if not (queued or step.messages or project or wake_at):
+            outbox = None
+        held = outbox is not None or bool(local)
+        try:
+            if held:  # work left in flight after the commit: indexed under this process's lease first
+                await self.lease.hold(iid)
+        except BaseException:
+            if reserve is not None:
+                for _ in local:
+                    reserve.release()
+            raise
+        owner = self.lease.worker_id
+        if outbox is not None:
+            ops.append(("create", await self._outbox_entity(iid, r.outbox_key(step_id), outbox, now, owner)))
         if local:
             key = r.outbox_key(step_id) + _LOCAL
             kept = r.Outbox(step_id, local, [], False)
-            due = now + self.options.work_item_queue_visibility_timeout
-            ops.append(("create", await self._outbox_entity(iid, key, kept, due)))
+            ops.append(("create", await self._outbox_entity(iid, key, kept, now, owner)))
             local_rows[key] = {(a.execution_id, a.task_id) for a in local}
 
         props = await self._text_props(iid, rec, (loaded.record, private.sentinel))
@@ -684,7 +737,7 @@ class AzureBackend(Backend):
             **props,
             "HistoryLength": history_len,
             "Dedupe": orjson.dumps(dedupe[-r.DEDUPE_IDS :]).decode(),
-            "CheckAt": self._check_at(step, now),
+            "WakeAt": step.wake_at,  # the wake-up already asked for (a later step need not repeat it)
         }
         if private.etag is None:
             ops.append(("create", sentinel))
@@ -707,6 +760,8 @@ class AzureBackend(Backend):
             if reserve is not None:
                 for _ in local:
                     reserve.release()
+            if held:
+                self.lease.release(iid)
             raise
         if rec.status.is_terminal:
             self._known.pop(iid, None)
@@ -715,23 +770,61 @@ class AzureBackend(Backend):
             self._known.move_to_end(iid)
             while len(self._known) > _KNOWN_MAX:
                 self._known.popitem(last=False)
+        started = False
         try:
             self.fault.check("commit.after")
-        except BaseException:
-            if reserve is not None:  # never started: free their slots (the sweep re-queues them)
+            if local and reserve is not None:
+                self.lease.add(iid, len(local))  # each released once its result is handed on
+                reserve.start(local)
+                started = True
+            if outbox is not None:
+                await self.dispatch(iid, outbox, props)
+        except Exception as exc:
+            # Committed, so only this process knows what is left to send: keep at it in the background
+            # (still held by the lease, so a sweep takes over if this process dies meanwhile).
+            log.warning(
+                "after the commit of a step of %s: %s: %s; finishing in the background",
+                iid,
+                type(exc).__name__,
+                exc,
+            )
+            if reserve is not None and not started:
                 for _ in local:
                     reserve.release()
-            raise
-        if local and reserve is not None:
-            reserve.start(local)
-        if outbox is not None:
-            await self.dispatch(iid, outbox, props)
+            if held:
+                self.background.spawn(self._finish(iid, outbox, props, [] if started else local))
+            return
+        if held:
+            self.lease.release(iid)
         if private.overflow:
             await self._wake(iid)
 
-    async def _outbox_entity(self, iid: str, key: str, outbox: r.Outbox, due: datetime) -> dict[str, Any]:
+    async def _finish(
+        self,
+        iid: str,
+        outbox: r.Outbox | None,
+        props: dict[str, Any] | None,
+        unstarted: list[ActivityRequest],
+    ) -> None:
+        """Send what a committed step still owes (queue the activities it could not start here)."""
+        left = list(unstarted)
+
+        async def finish() -> None:
+            while left:  # one at a time: an activity queued twice would run twice
+                await self.enqueue_activity(left[0])
+                left.pop(0)
+            if outbox is not None:
+                await self.dispatch(iid, outbox, props)
+
+        what = f"sending what a committed step of {iid} asked for"
+        await retry(what, finish, itertools.chain((0.0,), forever()), logging.WARNING, "")
+        self.lease.release(iid)  # not when cancelled: then the lease's sweep takes it over
+
+    async def _outbox_entity(
+        self, iid: str, key: str, outbox: r.Outbox, due: datetime, owner: str
+    ) -> dict[str, Any]:
         """The outbox row (its content in a blob when it would crowd the transaction)."""
-        entity: dict[str, Any] = {"PartitionKey": iid, "RowKey": key, "DueAt": due}
+        entity: dict[str, Any] = {"PartitionKey": iid, "RowKey": key, "DueAt": due, "Owner": owner}
         value = outbox.to_json()
         data = orjson.dumps(value)
         if len(data) > r.MAX_OUTBOX_BYTES:
@@ -743,19 +836,6 @@ class AzureBackend(Backend):
     def forget(self, instance_id: str) -> None:
         """Drop what this process remembers of an instance's last commit."""
         self._known.pop(instance_id, None)
-
-    def _check_at(self, step: StepResult, now: datetime) -> datetime | None:
-        """When the sweep should look at this instance if nothing else happens."""
-        if step.record.status.is_terminal:
-            return None
-        x = step.executor
-        times: list[datetime] = [step.wake_at + self.repair_after] if step.wake_at else []
-        if x is not None:
-            for fire_at in x.open_timers().values():
-                times.append(max(fire_at, now) + self.repair_after)
-            if x.open_activities():
-                times.append(now + self.options.work_item_queue_visibility_timeout + self.repair_after)
-        return min(times) if times else None
 
     async def _history_rows(
         self, iid: str, execution_id: str, first: int, events: list[Event]
@@ -798,10 +878,12 @@ class AzureBackend(Backend):
         """Send what a committed step asked for, then delete its outbox row."""
         work: list[Any] = [self.enqueue_activity(a) for a in outbox.activities]
         work += [self._send(m) for m in outbox.messages]
+        if outbox.wake_at is not None:
+            work.append(self._notify(iid, {"i": iid}, [], outbox.wake_at))
         if outbox.project:
             if props is None:
                 entity = await self.history.get_entity(iid, r.SENTINEL)
-                skip = ("PartitionKey", "RowKey", "HistoryLength", "Dedupe", "CheckAt")
+                skip = ("PartitionKey", "RowKey", "HistoryLength", "Dedupe", "WakeAt")
                 props = {k: v for k, v in entity.items() if k not in skip}
             work.append(self._project(iid, props))
         await asyncio.gather(*work)
@@ -905,97 +987,73 @@ class AzureBackend(Backend):
     # ---------------------------------------------------------------- repair
 
     async def repair(self) -> int:
-        """Sweep the hub once: re-dispatch overdue outboxes, re-wake old inboxes, re-fire stalled work.
+        """Sweep once: take over the work of every worker process whose lease ran out.
 
-        Returns how many repairs it made. Safe to run from every worker at once:
-        every repair is idempotent (dedupe by task id, timer id or message id).
+        Returns how many repairs that made (0 unless a process died). Reads one
+        row per live process when none died, however big the hub's history.
         """
-        now = self.clock.now()
-        cutoff = now - self.repair_after
-        flt = (
-            "(RowKey ge 'i-' and RowKey lt 'j' and Timestamp le @cutoff )"
-            " or (RowKey ge 'o-' and RowKey lt 'p' and DueAt le @cutoff )"
-            " or (RowKey eq 'sentinel' and CheckAt le @now )"
-        )  # the SDK substitutes @name only as a whole space-separated word: no ")" attached
-        repairs = 0
-        woken: set[str] = set()
-        params = {"now": now, "cutoff": cutoff}
-        async for entity in self.history.query_entities(flt, parameters=params):
-            iid = entity["PartitionKey"]
-            key = entity["RowKey"]
-            if key.startswith("o-"):
-                outbox = r.Outbox.from_json(key[2:].removesuffix(_LOCAL), await self._row_data(entity))
-                log.warning("repair: re-dispatching outbox %s of %s", key, iid)
-                if key.endswith(_LOCAL):  # its activities never answered: queue them, keep the row
-                    await asyncio.gather(*(self.enqueue_activity(a) for a in outbox.activities))
-                    await self._bump(entity, "DueAt", now + self.options.work_item_queue_visibility_timeout)
-                else:
-                    await self.dispatch(iid, outbox, None)
-                repairs += 1
-            elif key.startswith("i-") and iid not in woken:
-                woken.add(iid)
-                log.warning("repair: waking %s for inbox row %s", iid, key)
-                await self._wake(iid)
-                repairs += 1
-            elif key == r.SENTINEL:
-                repairs += await self._refire(iid, entity)
+        repairs = await self.lease.sweep()
         self.repairs += repairs
         return repairs
 
-    async def _bump(self, entity: dict[str, Any], column: str, value: datetime) -> None:
-        """Move a row's due time forward unless someone changed the row meanwhile."""
-        updated = dict(entity)
-        updated[column] = value
-        with contextlib.suppress(ResourceNotFoundError, HttpResponseError):
-            await self.history.update_entity(
-                updated,
-                mode=UpdateMode.REPLACE,
-                etag=entity.metadata["etag"],
-                match_condition=MatchConditions.IfNotModified,
-            )
+    async def recover(self, instance_id: str, owner: str) -> tuple[int, int]:
+        """Finish what dead worker ``owner`` left in flight on one instance: (repairs, rows read).
 
-    async def _refire(self, iid: str, sentinel: dict[str, Any]) -> int:
-        """Re-send due timers and re-queue open activities of a stalled instance."""
-        now = self.clock.now()
-        if is_entity_instance(iid):  # a scheduled signal is due: wake the entity
-            await self._wake(iid)
-            await self._bump(sentinel, "CheckAt", now + self.options.work_item_queue_visibility_timeout)
-            return 1
-        loaded = await self.load(iid)
-        if loaded is None or loaded.record.status.is_terminal:
-            return 0
-        scheduled: dict[int, Event] = {}
-        for event in loaded.history:
-            if event["EventType"] in (EventType.TaskScheduled, EventType.TimerCreated):
-                scheduled[event["EventId"]] = event
-            elif event["EventType"] in (EventType.TaskCompleted, EventType.TaskFailed):
-                scheduled.pop(event.get("TaskScheduledId", -1), None)
-            elif event["EventType"] == EventType.TimerFired:
-                scheduled.pop(event.get("TimerId", -1), None)
-        private: _Loaded = loaded.etag
-        # activities of an in-process outbox row are repaired through that row
-        covered = {t for tasks in private.local_rows.values() for _x, t in tasks}
-        count = 0
-        for task_id, event in scheduled.items():
-            if event["EventType"] == EventType.TaskScheduled and task_id in covered:
-                continue
-            if event["EventType"] == EventType.TimerCreated:
-                fire_at = h.parse_timestamp(event["FireAt"])
-                if fire_at <= now:
-                    fired = h.timer_fired(h.format_timestamp(now), task_id, event["FireAt"])
-                    await self._send(Message(iid, fired, loaded.record.execution_id))
-                    count += 1
-            else:
-                request = ActivityRequest(
-                    iid, loaded.record.execution_id, task_id, event.get("Name", ""), event.get("Input")
+        Its outboxes are dispatched again and the activities it ran itself are
+        queued (those still unanswered in history); an inbox left unread gets a
+        wake-up. Every repair is idempotent (task ids, timer ids, message ids).
+        """
+        flt = "PartitionKey eq @pk and RowKey ge 'i-' and RowKey lt 'p'"
+        rows = [e async for e in self.history.query_entities(flt, parameters={"pk": instance_id})]
+        mine = [e for e in rows if e["RowKey"].startswith("o-") and e.get("Owner") == owner]
+        read = len(rows)
+        open_tasks: set[tuple[str | None, int]] = set()
+        if any(e["RowKey"].endswith(_LOCAL) for e in mine):
+            open_tasks, history_rows = await self._open_activities(instance_id)
+            read += history_rows
+        repairs = 0
+        for entity in mine:
+            key = entity["RowKey"]
+            outbox = r.Outbox.from_json(key[2:].removesuffix(_LOCAL), await self._row_data(entity))
+            if key.endswith(_LOCAL):
+                unanswered = [a for a in outbox.activities if (a.execution_id, a.task_id) in open_tasks]
+                log.warning(
+                    "repair: queueing %d unanswered activities of %s (row %s)",
+                    len(unanswered),
+                    instance_id,
+                    key,
                 )
-                await self.enqueue_activity(request)
-                count += 1
-        self.forget(iid)
-        await self._bump(sentinel, "CheckAt", now + self.options.work_item_queue_visibility_timeout)
-        if count:
-            log.warning("repair: re-sent %d timers/activities of %s", count, iid)
-        return count
+                for request in unanswered:
+                    await self.enqueue_activity(request)
+                with contextlib.suppress(ResourceNotFoundError):
+                    await self.history.delete_entity(instance_id, key)
+            else:
+                log.warning("repair: dispatching outbox %s of %s again", key, instance_id)
+                await self.dispatch(instance_id, outbox, None)
+            repairs += 1
+        if any(e["RowKey"].startswith("i-") for e in rows):
+            log.warning("repair: waking %s for its inbox", instance_id)
+            await self._wake(instance_id)
+            repairs += 1
+        return repairs, read
+
+    async def _open_activities(self, instance_id: str) -> tuple[set[tuple[str | None, int]], int]:
+        """(execution, task id) of the activities scheduled and not yet answered in history, and
+        how many history events that read."""
+        self.forget(instance_id)
+        loaded = await self.load(instance_id)
+        if loaded is None or loaded.record.status.is_terminal:
+            return set(), 0
+        scheduled: set[int] = set()
+        for event in loaded.history:
+            kind = event["EventType"]
+            if kind == EventType.TaskScheduled:
+                scheduled.add(event["EventId"])
+            elif kind in (EventType.TaskCompleted, EventType.TaskFailed):
+                scheduled.discard(event.get("TaskScheduledId", -1))
+        return {(loaded.record.execution_id, t) for t in scheduled}, len(loaded.history)
 
     async def close(self) -> None:
+        await self.background.cancel()
+        await self.lease.close()
         await self.connection.close()

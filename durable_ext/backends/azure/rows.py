@@ -110,8 +110,8 @@ def record_from_props(instance_id: str, row: dict[str, Any]) -> InstanceRecord:
         name=row.get("Name") or "",
         execution_id=row.get("ExecutionId") or "",
         status=Status(row.get("RuntimeStatus") or "Pending"),
-        created_at=_aware(row.get("CreatedTime")),
-        last_updated_at=_aware(row.get("LastUpdatedTime")),
+        created_at=as_utc(row.get("CreatedTime")),
+        last_updated_at=as_utc(row.get("LastUpdatedTime")),
         input=row.get("Input"),
         output=row.get("Output"),
         custom_status=row.get("CustomStatus"),
@@ -120,7 +120,8 @@ def record_from_props(instance_id: str, row: dict[str, Any]) -> InstanceRecord:
     )
 
 
-def _aware(value: Any) -> datetime:
+def as_utc(value: Any) -> datetime:
+    """A table timestamp (datetime or ISO text) as an aware UTC datetime; the epoch when missing."""
     if isinstance(value, datetime):
         return value if value.tzinfo else parse_timestamp(value.isoformat())
     if isinstance(value, str):
@@ -192,14 +193,19 @@ class Outbox:
     activities: list[ActivityRequest] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
     project: bool = True
+    #: a wake-up of the instance itself at this time (an entity's held message falls due)
+    wake_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able form for ``pack``."""
-        return {
+        out: dict[str, Any] = {
             "a": [activity_to_json(a) for a in self.activities],
             "m": [message_to_json(m) for m in self.messages],
             "p": self.project,
         }
+        if self.wake_at is not None:
+            out["w"] = format_timestamp(self.wake_at)
+        return out
 
     @classmethod
     def from_json(cls, step_id: str, data: dict[str, Any]) -> Outbox:
@@ -209,4 +215,5 @@ class Outbox:
             [activity_from_json(a) for a in data.get("a", ())],
             [message_from_json(m) for m in data.get("m", ())],
             bool(data.get("p", True)),
+            parse_timestamp(data["w"]) if data.get("w") else None,
         )

@@ -1,0 +1,79 @@
+"""The bookkeeping of a worker lease's index rows under concurrent holds, against a fake table.
+
+The index row of an instance must exist whenever work on it is held, and its
+writes race with each other (two steps holding at once, a hold arriving while
+the row is being deleted): no waiter may spin or return before the row is there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from durable_ext.backends.azure.leases import LEASES, WorkerLease
+
+
+class FakeTable:
+    """The few table calls a lease makes, each taking a little while, with a log of row writes."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], dict[str, Any]] = {}
+        self.writes: list[tuple[str, str]] = []
+
+    async def _pause(self) -> None:
+        await asyncio.sleep(0.01)
+
+    async def create_entity(self, entity: dict[str, Any]) -> dict[str, Any]:
+        await self._pause()
+        self.rows[entity["PartitionKey"], entity["RowKey"]] = entity
+        return {"etag": "1"}
+
+    async def upsert_entity(self, entity: dict[str, Any], mode: Any = None) -> dict[str, Any]:
+        await self._pause()
+        self.rows[entity["PartitionKey"], entity["RowKey"]] = entity
+        self.writes.append(("upsert", entity["RowKey"]))
+        return {"etag": "1"}
+
+    async def update_entity(self, entity: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        await self._pause()
+        self.rows[entity["PartitionKey"], entity["RowKey"]].update(entity)
+        return {"etag": "2"}
+
+    async def delete_entity(self, partition: str, row: str, **kwargs: Any) -> None:
+        await self._pause()
+        self.rows.pop((partition, row), None)
+        self.writes.append(("delete", row))
+
+
+async def no_recover(instance_id: str, owner: str) -> tuple[int, int]:
+    return 0, 0
+
+
+def index_rows(table: FakeTable, lease: WorkerLease) -> list[str]:
+    return sorted(row for part, row in table.rows if part == lease.worker_id)
+
+
+async def test_concurrent_holds_write_the_index_row_once() -> None:
+    table = FakeTable()
+    lease = WorkerLease(table, no_recover)
+    await asyncio.wait_for(asyncio.gather(*(lease.hold("a") for _ in range(5))), 2)
+    assert index_rows(table, lease) == ["a"]
+    assert table.writes == [("upsert", "a")]
+    assert (LEASES, lease.worker_id) in table.rows
+    await lease.close()
+
+
+async def test_a_hold_during_the_delete_writes_the_row_again() -> None:
+    table = FakeTable()
+    lease = WorkerLease(table, no_recover)
+    await lease.hold("a")
+    lease.release("a")
+    forgetting = asyncio.ensure_future(lease._forget_idle(0.0))
+    await asyncio.sleep(0.001)  # the delete is in flight
+    await asyncio.wait_for(lease.hold("a"), 2)
+    await forgetting
+    assert index_rows(table, lease) == ["a"], table.writes
+    assert table.writes == [("upsert", "a"), ("delete", "a"), ("upsert", "a")]
+    lease.release("a")
+    await lease.close()  # nothing held: the index row and the lease row go
+    assert table.rows == {}
