@@ -20,9 +20,12 @@ per-step log lines (logger ``durable_ext.orchestration``, enabled through the
 app's host.json ``logging.logLevel``): committed steps, ETag conflicts per
 committed step, step retries (the ``(N retries)`` of each step's line),
 step latency percentiles (the duration each line reports, retries and
-back-off included), full replays, activities taken from the work-item queue,
-storage calls per activity, CPU seconds of the workers, Azurite and this
-process, and how the work spread over the processes (a ``#`` line per run).
+back-off included; a step's time includes its dispatch, so for the fan-out
+``schedule_step_ms`` is the step that queued the activities), full replays,
+activities taken from the work-item queue, storage calls per activity, CPU
+seconds of the workers, Azurite and this process, and ``cpu_other_s``: what
+the rest of the machine used meanwhile (others' work skews every figure);
+and how the work spread over the processes (a ``#`` line per run).
 Then the throughput of each P against 1 process (``*_vs_p1``) and the
 targets, as ``target_...: met|missed`` lines (never a failure):
 
@@ -38,7 +41,7 @@ died. Worker logs of a failed run are kept (their folder is printed).
 Usage::
 
     python benchmarks/scale.py                      # 1, 2, 4 processes; 100 x 10 and 5,000
-    python benchmarks/scale.py --quick              # 1, 2 processes; 10 x 5 and 200 (about a minute)
+    python benchmarks/scale.py --quick              # 1, 2 processes; 10 x 5 and 200 (about 15 s)
     python benchmarks/scale.py --processes 1,4 --instances 50 --sequence-length 20 --fan-out 2000
     python benchmarks/scale.py --workloads fan --processes 2
 """
@@ -87,7 +90,8 @@ CONFLICTS_PER_STEP_TARGET = 0.2
 #: one orchestration step's log line (README "Logs"), as ``logging.basicConfig`` formats it
 STEP_LINE = re.compile(
     r"durable_ext\.orchestration:orchestration '[^']*' (?P<iid>\S+): (?P<status>\w+) after \d+ messages"
-    r".* in (?P<ms>[\d.]+) ms(?: \((?P<retries>\d+) retries\))?\s*$"
+    r"(?:, (?P<sent>\d+) activities and \d+ messages sent)? in (?P<ms>[\d.]+) ms"
+    r"(?: \((?P<retries>\d+) retries\))?\s*$"
 )
 PROBLEM_LINE = re.compile(r"^(WARNING|ERROR|CRITICAL):|^Traceback ")
 
@@ -117,6 +121,7 @@ class WorkerRun:
     cpu_s: float = 0.0
     step_ms: list[float] = field(default_factory=list)
     retries: list[int] = field(default_factory=list)
+    sent: list[int] = field(default_factory=list)  # activities each step scheduled
     problems: int = 0
     exit_code: int | None = None
 
@@ -165,7 +170,11 @@ class ScaleHub(azure_bench.Bench):
         self.logs: list[IO[bytes]] = []
         self.runs = [WorkerRun() for _ in range(processes)]
         self.azurite_cpu_s = 0.0
+        self.client_cpu_s = 0.0
+        self.machine_cpu_s: float | None = None
         self._cpu_start: list[float | None] = []
+        self._client_start = 0.0
+        self._machine_start: float | None = None
 
     def stats_file(self, index: int) -> Path:
         """The stats file of worker ``index``."""
@@ -236,13 +245,19 @@ class ScaleHub(azure_bench.Bench):
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
     def cpu_mark(self) -> None:
-        """Note the CPU time of the workers and Azurite (the workload starts)."""
+        """Note the CPU time of the workers, Azurite, this process and the machine (the workload starts)."""
         self._cpu_start = [cpu_seconds(w.pid) for w in self.workers]
         process = self.azurite.process if self.azurite else None
         self._cpu_start.append(cpu_seconds(process.pid) if process else None)
+        self._client_start = time.process_time()
+        self._machine_start = machine_busy_s()
 
     def cpu_done(self) -> None:
-        """CPU time since ``cpu_mark`` of each worker and of Azurite (the workload is done)."""
+        """CPU time since ``cpu_mark`` of each worker, Azurite, this process and the machine."""
+        self.client_cpu_s = time.process_time() - self._client_start
+        machine = machine_busy_s()
+        if machine is not None and self._machine_start is not None:
+            self.machine_cpu_s = machine - self._machine_start
         process = self.azurite.process if self.azurite else None
         pids = [w.pid for w in self.workers] + [process.pid if process else None]
         spent = []
@@ -291,6 +306,16 @@ class ScaleHub(azure_bench.Bench):
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def machine_busy_s() -> float | None:
+    """CPU seconds every process on the machine has used since boot, all cores (``/proc/stat``; else None)."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle and iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def read_log(path: Path, run: WorkerRun) -> None:
     """Step durations, retries and warning or error lines from one worker's output."""
     with contextlib.suppress(OSError), open(path, encoding="utf-8", errors="replace") as lines:
@@ -299,6 +324,7 @@ def read_log(path: Path, run: WorkerRun) -> None:
             if match:
                 run.step_ms.append(float(match["ms"]))
                 run.retries.append(int(match["retries"] or 0))
+                run.sent.append(int(match["sent"] or 0))
             elif PROBLEM_LINE.search(line):
                 run.problems += 1
 
@@ -366,8 +392,18 @@ def worker_figures(hub: ScaleHub, activities: int) -> dict[str, float]:
     figures["processes_with_steps"] = sum(1 for n in step_counts if n)
     figures["processes_with_activities"] = sum(1 for r in runs if r.engine("activities"))
     figures["busiest_step_share"] = max(step_counts) / steps if steps else 0.0
+    if any(r.sent for r in runs):
+        # the step that scheduled the most activities (a fan-out's first): its time includes the dispatch
+        sent, ms = max((n, t) for r in runs for n, t in zip(r.sent, r.step_ms, strict=True))
+        if sent > 1:
+            figures["schedule_step_ms"] = ms
     figures["cpu_workers_s"] = sum(r.cpu_s for r in runs)
     figures["cpu_azurite_s"] = hub.azurite_cpu_s
+    figures["cpu_client_s"] = hub.client_cpu_s
+    if hub.machine_cpu_s is not None:
+        # CPU the rest of the machine used meanwhile (other people's work skews every figure)
+        ours = figures["cpu_workers_s"] + hub.azurite_cpu_s + hub.client_cpu_s
+        figures["cpu_other_s"] = max(0.0, hub.machine_cpu_s - ours)
     figures["worker_warnings"] = sum(r.problems for r in runs)
     return figures
 
@@ -401,11 +437,9 @@ async def measure(
     try:
         await hub.start()
         hub.cpu_mark()
-        cpu_client = time.process_time()
         body = sequences(hub, sizes) if workload == "seq" else fan_out(hub, sizes)
         # wait_one / wait_many give up after timeout_s; this bounds the starts as well
         figures.update(await asyncio.wait_for(body, sizes.timeout_s + 60))
-        figures["cpu_client_s"] = time.process_time() - cpu_client
         hub.cpu_done()
     except (CheckFailed, RuntimeError, asyncio.TimeoutError) as exc:
         failures.append(f"{prefix}: {type(exc).__name__}: {str(exc)[:500]}")
