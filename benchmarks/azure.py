@@ -54,8 +54,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# This file is named azure.py: its folder must not shadow the ``azure`` namespace package.
-sys.path.remove(str(Path(__file__).resolve().parent))
+# This file is named azure.py: its folder must not shadow the ``azure`` namespace package
+# (it is on sys.path when this file runs as a script, not when it is imported as benchmarks.azure).
+with contextlib.suppress(ValueError):
+    sys.path.remove(str(Path(__file__).resolve().parent))
 
 from durable_ext.backends.azure.backend import AzureBackend
 from durable_ext.backends.azure.connection import SERVICES, resolve_connection
