@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
+from durable_ext.backends.azure import leases as leases_module
 from durable_ext.backends.azure.leases import LEASES, WorkerLease
 
 
@@ -19,6 +22,7 @@ class FakeTable:
     def __init__(self) -> None:
         self.rows: dict[tuple[str, str], dict[str, Any]] = {}
         self.writes: list[tuple[str, str]] = []
+        self.refuse = 0  # transactions to refuse, as storage away would
 
     async def _pause(self) -> None:
         await asyncio.sleep(0.01)
@@ -44,21 +48,42 @@ class FakeTable:
         self.rows.pop((partition, row), None)
         self.writes.append(("delete", row))
 
+    async def submit_transaction(self, ops: list[tuple[str, dict[str, Any]]]) -> None:
+        await self._pause()
+        if self.refuse:
+            self.refuse -= 1
+            raise ConnectionError("storage is away")
+        for kind, entity in ops:
+            key = entity["PartitionKey"], entity["RowKey"]
+            if kind == "upsert":
+                self.rows[key] = entity
+            else:
+                self.rows.pop(key)
+            self.writes.append((kind, entity["RowKey"]))
+
 
 async def no_recover(instance_id: str, owner: str) -> tuple[int, int]:
     return 0, 0
+
+
+@pytest.fixture(autouse=True)
+def fake_transactions(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def submit(table: FakeTable, ops: list[tuple[str, dict[str, Any]]]) -> None:
+        await table.submit_transaction(ops)
+
+    monkeypatch.setattr(leases_module, "submit_transaction", submit)
 
 
 def index_rows(table: FakeTable, lease: WorkerLease) -> list[str]:
     return sorted(row for part, row in table.rows if part == lease.worker_id)
 
 
-async def test_concurrent_holds_write_the_index_row_once() -> None:
+async def test_concurrent_holds_write_each_index_row_once() -> None:
     table = FakeTable()
     lease = WorkerLease(table, no_recover)
-    await asyncio.wait_for(asyncio.gather(*(lease.hold("a") for _ in range(5))), 2)
-    assert index_rows(table, lease) == ["a"]
-    assert table.writes == [("upsert", "a")]
+    await asyncio.wait_for(asyncio.gather(*(lease.hold(i) for i in "aaaaabbc")), 2)
+    assert index_rows(table, lease) == ["a", "b", "c"]
+    assert sorted(table.writes) == [("upsert", "a"), ("upsert", "b"), ("upsert", "c")]
     assert (LEASES, lease.worker_id) in table.rows
     await lease.close()
 
@@ -77,3 +102,17 @@ async def test_a_hold_during_the_delete_writes_the_row_again() -> None:
     lease.release("a")
     await lease.close()  # nothing held: the index row and the lease row go
     assert table.rows == {}
+
+
+async def test_a_failed_index_write_fails_every_hold_waiting_on_it_and_the_next_one_writes() -> None:
+    table = FakeTable()
+    lease = WorkerLease(table, no_recover)
+    await lease.start()
+    table.refuse = 1
+    outcomes = await asyncio.gather(lease.hold("a"), lease.hold("a"), return_exceptions=True)
+    assert [type(x) for x in outcomes] == [ConnectionError, ConnectionError]
+    assert lease.held == 0  # a failed hold counts nothing
+    await asyncio.wait_for(lease.hold("a"), 2)
+    assert index_rows(table, lease) == ["a"]
+    lease.release("a")
+    await lease.close()

@@ -49,6 +49,7 @@ from ..base import Backend, InstanceQuery, LoadedInstance, QueryPage
 from . import rows as r
 from .connection import StorageConnection
 from .leases import LEASE, WorkerLease
+from .transactions import submit_transaction
 
 log = logging.getLogger("durable_ext.azure")
 
@@ -450,6 +451,11 @@ class AzureBackend(Backend):
                 del self._wakers[instance_id]
 
     async def _write_inbox(self, message: Message) -> None:
+        with contextlib.suppress(ResourceExistsError):
+            await self.history.create_entity(await self._inbox_entity(message))
+
+    async def _inbox_entity(self, message: Message) -> dict[str, Any]:
+        """The inbox row of a message (its body in a blob when too big for a row)."""
         body = r.message_to_json(message)
         stamp = self.clock.now().strftime("%Y%m%dT%H%M%S%f")
         key = f"i-{stamp}{next(_seq) % 1000:03d}-{message.id}"
@@ -459,8 +465,7 @@ class AzureBackend(Backend):
             entity["Blob"] = await self._put_blob(message.instance_id, data)
         else:
             entity.update(r.pack(body))
-        with contextlib.suppress(ResourceExistsError):
-            await self.history.create_entity(entity)
+        return entity
 
     async def complete_activity(
         self, request: ActivityRequest, result: Message, *, in_process: bool = True
@@ -511,14 +516,13 @@ class AzureBackend(Backend):
             )
         else:
             op = ("create", sentinel)
-        try:
-            await self.history.submit_transaction([op])
+        try:  # the record and its start message together
+            await submit_transaction(self.history, [op, ("create", await self._inbox_entity(start))])
         except (TableTransactionError, HttpResponseError) as exc:
             if _conflict(exc):
                 raise InstanceAlreadyExistsError(f"instance '{iid}' was created concurrently") from exc
             raise
         await self._project(iid, props)
-        await self._write_inbox(start)
         await self._after(ahead, iid, None)
 
     async def _project(self, instance_id: str, props: dict[str, Any]) -> None:
@@ -750,7 +754,7 @@ class AzureBackend(Backend):
                 raise ConflictError(f"step of '{iid}' needs {len(ops)} table operations")
             self.fault.check("commit.before")
             try:
-                result = await self.history.submit_transaction(ops)
+                result = await submit_transaction(self.history, ops)
             except (TableTransactionError, HttpResponseError) as exc:
                 if _conflict(exc):
                     raise ConflictError(f"instance '{iid}' changed since it was loaded") from exc
@@ -975,8 +979,8 @@ class AzureBackend(Backend):
         await self.instances.delete_entity(instance_id, "")
         for start in range(0, len(keys), r.MAX_TXN_OPS):
             chunk = keys[start : start + r.MAX_TXN_OPS]
-            await self.history.submit_transaction(
-                [("delete", {"PartitionKey": instance_id, "RowKey": k}) for k in chunk]
+            await submit_transaction(
+                self.history, [("delete", {"PartitionKey": instance_id, "RowKey": k}) for k in chunk]
             )
         async for blob in self.blobs.list_blobs(name_starts_with=f"{instance_id}/"):
             with contextlib.suppress(ResourceNotFoundError):

@@ -35,10 +35,11 @@ from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
-from azure.data.tables import UpdateMode
+from azure.data.tables import TableTransactionError, UpdateMode
 
 from ...clock import Clock
-from .rows import as_utc
+from . import rows as r
+from .transactions import submit_transaction
 
 log = logging.getLogger("durable_ext.azure")
 
@@ -76,6 +77,8 @@ class WorkerLease:
         self._idle: dict[str, float] = {}  # instance -> monotonic time its count fell to 0
         self._indexed: set[str] = set()
         self._writes: dict[str, asyncio.Future[None]] = {}  # index rows being created or deleted
+        self._creates: list[str] = []  # index rows waiting to be created
+        self._creating: asyncio.Future[None] | None = None
         self._etag: str | None = None
         self._started: asyncio.Future[None] | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -119,53 +122,82 @@ class WorkerLease:
         return len(self._counts)
 
     async def _index(self, instance_id: str) -> None:
-        """Make sure the index row exists (each write keeps the bookkeeping itself, see below)."""
+        """Make sure the index row exists; creates that wait together go in one transaction."""
         while instance_id not in self._indexed:
             busy = self._writes.get(instance_id)
             if busy is None:
                 await self.start()
                 if instance_id in self._indexed or instance_id in self._writes:
                     continue
-                busy = asyncio.ensure_future(self._write_index(instance_id))
-                self._writes[instance_id] = busy
+                busy = self._writes[instance_id] = asyncio.get_running_loop().create_future()
+                self._creates.append(instance_id)
+                if self._creating is None:
+                    self._creating = asyncio.ensure_future(self._write_creates())
             await asyncio.shield(busy)  # a failed create raises; a delete never does
 
-    async def _write_index(self, instance_id: str) -> None:
-        """Create an index row. ``_writes``/``_indexed`` change before the task ends, so a
-        waiter that wakes up never sees the finished write still listed (and never spins)."""
-        try:
-            entity = {"PartitionKey": self.worker_id, "RowKey": instance_id}
-            await self.table.upsert_entity(entity, mode=UpdateMode.REPLACE)
-            self._indexed.add(instance_id)
-        finally:
-            self._writes.pop(instance_id, None)
+    async def _write_creates(self) -> None:
+        """Write the waiting index rows, up to a transaction's worth at a time, until none waits.
 
-    async def _delete_index(self, instance_id: str, owner: str) -> None:
-        """Delete an index row (kept, and tried again later, if storage refuses)."""
+        ``_writes``/``_indexed`` are settled before a waiter's future is, so a waiter
+        that wakes up never finds its finished write still listed (and never spins)."""
         try:
-            with contextlib.suppress(ResourceNotFoundError):
-                await self.table.delete_entity(owner, instance_id)
-        except Exception as exc:
-            if owner == self.worker_id:
-                self._indexed.add(instance_id)
-                self._idle.setdefault(instance_id, time.monotonic())
-            log.warning("lease %s: deleting index row %s failed (%s)", owner, instance_id, exc)
+            while self._creates:
+                batch, self._creates = self._creates[: r.MAX_TXN_OPS], self._creates[r.MAX_TXN_OPS :]
+                owner = self.worker_id
+                ops = [("upsert", {"PartitionKey": owner, "RowKey": iid}) for iid in batch]
+                try:
+                    await submit_transaction(self.table, ops)
+                    error: BaseException | None = None
+                except Exception as exc:
+                    error = exc
+                for iid in batch:
+                    future = self._writes.pop(iid)
+                    if error is None:
+                        self._indexed.add(iid)
+                        future.set_result(None)
+                    else:
+                        future.set_exception(error)
+                        future.exception()  # retrieved: every waiter gets it through its shield
         finally:
-            self._writes.pop(instance_id, None)
+            self._creating = None
 
     async def _forget_idle(self, older_than: float) -> None:
-        """Delete the index rows of instances whose work has been done for ``older_than`` seconds."""
+        """Delete the index rows of instances whose work has been done for ``older_than`` seconds
+        (in transactions of up to 100; kept, and tried again later, if storage refuses)."""
         now = time.monotonic()
         done = [i for i, t in self._idle.items() if now - t >= older_than and i not in self._counts]
         for iid in done:
             del self._idle[iid]
-        deletes = []
-        for iid in done:
-            if iid in self._indexed and iid not in self._writes:
+        done = [i for i in done if i in self._indexed and i not in self._writes]
+        owner = self.worker_id
+        for start in range(0, len(done), r.MAX_TXN_OPS):
+            batch = done[start : start + r.MAX_TXN_OPS]
+            future = asyncio.get_running_loop().create_future()
+            for iid in batch:
                 self._indexed.discard(iid)
-                self._writes[iid] = task = asyncio.ensure_future(self._delete_index(iid, self.worker_id))
-                deletes.append(task)
-        await asyncio.gather(*deletes)
+                self._writes[iid] = future
+            try:
+                await self._delete_rows(owner, batch)
+            except Exception as exc:
+                log.warning("lease %s: deleting %d index rows failed (%s)", owner, len(batch), exc)
+                if owner == self.worker_id:
+                    self._indexed.update(batch)
+                    self._idle.update(dict.fromkeys(batch, time.monotonic()))
+            finally:
+                for iid in batch:
+                    self._writes.pop(iid, None)
+                future.set_result(None)
+
+    async def _delete_rows(self, partition: str, keys: list[str]) -> None:
+        """Delete rows of one partition in one transaction (one by one if some are gone already)."""
+        try:
+            await submit_transaction(
+                self.table, [("delete", {"PartitionKey": partition, "RowKey": k}) for k in keys]
+            )
+        except (TableTransactionError, ResourceNotFoundError):
+            for key in keys:
+                with contextlib.suppress(ResourceNotFoundError):
+                    await self.table.delete_entity(partition, key)
 
     # -------------------------------------------------------------- lease
 
@@ -291,7 +323,7 @@ class WorkerLease:
             read += len(leases)
             for lease in leases:
                 owner = lease["RowKey"]
-                if owner == self.worker_id or as_utc(lease.get("ExpiresAt")) > now:
+                if owner == self.worker_id or r.as_utc(lease.get("ExpiresAt")) > now:
                     continue
                 if not self.steady():
                     break  # just back from an outage ourselves: give the others time to renew
@@ -322,7 +354,7 @@ class WorkerLease:
         except (ResourceNotFoundError, HttpResponseError):
             return 0, 0  # renewed, or claimed by another sweeper
         rows = [e async for e in self.table.query_entities("PartitionKey eq @p", parameters={"p": owner})]
-        silent = (now - as_utc(lease.get("ExpiresAt"))).total_seconds() + self.duration.total_seconds()
+        silent = (now - r.as_utc(lease.get("ExpiresAt"))).total_seconds() + self.duration.total_seconds()
         log.warning(
             "lease of worker %s (pid %s on %s) ran out %.0fs ago: taking over its work on %d instances",
             owner,
