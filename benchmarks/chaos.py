@@ -44,12 +44,11 @@ history row that holds it). And how long recovery took:
 - ``last_disruption_to_all_done_s``: from the last kill or storage restart to the last commit of
   any instance: the slowest recovery of anything, including leased queue messages.
 
-Timeouts: the full run uses the durable defaults, so work a killed process held comes back after
-the control-queue lease (5 min), or the activity lease plus the sweep's ``repair_after`` (5.5 min,
-found within one 30 s sweep): expect several minutes of tail after the chaos stops. ``--quick``
-uses ``--timeouts short`` so that it fits in about two minutes: controlQueueVisibilityTimeout
-1 min (the minimum the settings accept), workItemQueueVisibilityTimeout 20 s, the local pollers'
-maxQueuePollingInterval 2 s, and the sweep's repair_after 10 s every 5 s.
+Timeouts: the full run uses the defaults, so work a killed process held comes back once its
+lease has run out (30 s, renewed every 10 s) and a sweep (every 10 s) has taken it over, and a
+queue message it was handling when its lease (30 s) runs out. ``--quick`` uses ``--timeouts
+short`` so that it fits in about two minutes: a 5 s lease, a sweep every 2 s, and the local
+pollers' maxQueuePollingInterval 2 s.
 
 Figures are ``name: value`` lines (details as ``#`` comments); the last line is ``PASS`` or
 ``FAIL <reasons>`` (exit 1). The run folder (Azurite data, app copy, worker logs, the activity
@@ -68,6 +67,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -114,16 +114,15 @@ from durable_ext import EntityId, InstanceAlreadyExistsError  # noqa: E402
 from durable_ext import OrchestrationRuntimeStatus as Status  # noqa: E402
 from durable_ext.backends.azure.backend import AzureBackend  # noqa: E402
 from durable_ext.backends.azure.connection import resolve_connection  # noqa: E402
+from durable_ext.backends.azure.leases import LEASE  # noqa: E402
 from durable_ext.client import DurableOrchestrationClient  # noqa: E402
 from durable_ext.config import DurableTaskOptions  # noqa: E402
 from durable_ext.core.history import EventType  # noqa: E402
 from durable_ext.host.azurite import Azurite  # noqa: E402
+from durable_ext.host.worker import REPAIR_INTERVAL  # noqa: E402
 
 T = TypeVar("T")
 
-#: The worker's own defaults for the sweep (durable_ext.host.worker.serve), in seconds.
-DEFAULT_REPAIR_AFTER_S = 30.0
-DEFAULT_REPAIR_INTERVAL_S = 30.0
 CALL_TIMEOUT_S = 60.0  # one client call, its retries included
 CALL_ATTEMPTS = 5
 GATE_TIMEOUT_S = 180.0  # a client call waits this long at most for storage to come back
@@ -149,9 +148,18 @@ class Profile:
 
     name: str
     storage_provider: dict[str, str]
-    repair_after_s: float
-    repair_interval_s: float
+    lease_s: float | None  # None: the worker's default
+    repair_interval_s: float | None
     finish_timeout_s: float  # after the chaos stops, for every instance to finish
+
+    @property
+    def takeover_s(self) -> float:
+        """How long a dead worker's work may wait: its lease plus a sweep."""
+        lease = self.lease_s if self.lease_s is not None else LEASE.total_seconds()
+        sweep = (
+            self.repair_interval_s if self.repair_interval_s is not None else REPAIR_INTERVAL.total_seconds()
+        )
+        return lease + sweep
 
     def host_json(self, hub: str) -> dict[str, Any]:
         durable: dict[str, Any] = {"hubName": hub}
@@ -161,19 +169,9 @@ class Profile:
 
 
 PROFILES = {
-    # control lease 5 min, activity lease 5 min + repair_after 30 s + a 30 s sweep: a tail of minutes
-    "default": Profile("default", {}, DEFAULT_REPAIR_AFTER_S, DEFAULT_REPAIR_INTERVAL_S, 900.0),
-    "short": Profile(
-        "short",
-        {
-            "controlQueueVisibilityTimeout": "00:01:00",  # the smallest value the settings accept
-            "workItemQueueVisibilityTimeout": "00:00:20",
-            "maxQueuePollingInterval": "00:00:02",
-        },
-        10.0,
-        5.0,
-        150.0,
-    ),
+    # a dead worker's work: its 30 s lease plus a sweep (every 10 s); its queue messages: 30 s
+    "default": Profile("default", {}, None, None, 600.0),
+    "short": Profile("short", {"maxQueuePollingInterval": "00:00:02"}, 5.0, 2.0, 150.0),
 }
 
 
@@ -237,7 +235,7 @@ class Workers:
         process = WorkerProcess(
             self.app_dir,
             self.connection_string,
-            repair_after=self.profile.repair_after_s,
+            lease=self.profile.lease_s,
             repair_interval=self.profile.repair_interval_s,
             name=f"w{slot}-{len(self.every)}",
         )
@@ -575,7 +573,7 @@ class Soak:
         """No inbox or outbox rows once the sweep has had time to finish re-dispatches."""
         entities = [str(EntityId("counter", key)) for key in COUNTERS]
         profile = self.workers.profile
-        wait = 2 * (profile.repair_after_s + profile.repair_interval_s) + 30
+        wait = 2 * profile.takeover_s + 30
         left = await leftovers(self.backend, instances + entities, wait)
         self.figure("inbox_outbox_rows_left", len(left))
         if left:
@@ -902,13 +900,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     profile = PROFILES[args.timeouts]
     if args.finish_timeout:
-        profile = Profile(
-            profile.name,
-            profile.storage_provider,
-            profile.repair_after_s,
-            profile.repair_interval_s,
-            args.finish_timeout,
-        )
+        profile = dataclasses.replace(profile, finish_timeout_s=args.finish_timeout)
     os.chdir(ROOT)  # ``python -m`` puts the working folder first on the workers' sys.path
     run_dir = Path(args.log_dir).resolve() if args.log_dir else Path(tempfile.mkdtemp(prefix="chaos-"))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -918,8 +910,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# {args.instances} instances over {args.duration:.0f} s on {args.workers} workers; a kill every "
         f"{args.kill_every[0]:g}-{args.kill_every[1]:g} s, {args.storage_stops} storage stops; "
-        f"timeouts {profile.name} {profile.storage_provider or '(durable defaults)'}, repair_after "
-        f"{profile.repair_after_s:g} s every {profile.repair_interval_s:g} s",
+        f"timeouts {profile.name} {profile.storage_provider or '(durable defaults)'}, lease "
+        f"{profile.lease_s or 'default'} s, sweep every {profile.repair_interval_s or 'default'} s",
         flush=True,
     )
     signal.signal(signal.SIGTERM, _interrupt)  # so that the finally below stops what we started
