@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 import time
 import uuid
@@ -162,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("durable_ext").setLevel(logging.ERROR)  # the takeover logs each repair
     failures: list[str] = []
     reads: list[float] = []
-    with Azurite() as emulator:
+    signal.signal(signal.SIGTERM, _interrupt)  # so that the emulator is stopped on the way out
+    with Azurite(in_memory=True) as emulator:
         for rows in sizes:
             figures = asyncio.run(measure(emulator.connection_string, rows, args.held))
             for name, value in figures.items():
@@ -185,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     print("PASS" if not failures else "FAIL " + "; ".join(failures))
     return 1 if failures else 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -69,6 +69,8 @@ class Engine:
         self.cache_size = cache_size
         self.max_conflict_retries = max_conflict_retries
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        #: instances another process committed lately (monotonic time it was noticed)
+        self._contended: OrderedDict[str, float] = OrderedDict()
         self.stats = {
             "steps": 0,
             "replays": 0,
@@ -94,9 +96,8 @@ class Engine:
         for attempt in range(self.max_conflict_retries):
             cached = self._cache.get(instance_id)
             history_from = cached.history_len if cached else 0
-            loaded = await self.backend.load(
-                instance_id, history_from, messages, hot=hot and attempt == 0 and cached is not None
-            )
+            hot_now = hot and attempt == 0 and cached is not None and not self._is_contended(instance_id)
+            loaded = await self.backend.load(instance_id, history_from, messages, hot=hot_now)
             if loaded is None:
                 self._cache.pop(instance_id, None)
                 return None
@@ -121,10 +122,12 @@ class Engine:
             except StaleStateError:
                 # nothing was applied, so the cached replay state is intact: read what is newer
                 self.stats["stale_hints"] += 1
+                self._contend(instance_id)
                 continue
             except ConflictError:
                 self.stats["conflicts"] += 1
                 self._cache.pop(instance_id, None)
+                self._contend(instance_id)
                 await _back_off(attempt)
                 continue
             except BaseException:
@@ -171,6 +174,29 @@ class Engine:
                 )
             return step
         raise ConflictError(f"entity '{instance_id}' kept changing; gave up after retries")
+
+    def _contend(self, instance_id: str) -> None:
+        """Note that another process commits this instance too: read before the next steps.
+
+        On the hot path a step is judged against this process's last commit and
+        its ETag; with another writer that ETag is stale almost every time, and
+        the conflict costs a full replay (the failed step advanced the cached
+        state). Reading the newer rows first costs one query and a replay of
+        just those rows.
+        """
+        self._contended[instance_id] = time.monotonic()
+        self._contended.move_to_end(instance_id)
+        while len(self._contended) > self.cache_size:
+            self._contended.popitem(last=False)
+
+    def _is_contended(self, instance_id: str) -> bool:
+        since = self._contended.get(instance_id)
+        if since is None:
+            return False
+        if time.monotonic() - since < CONTENDED_S:
+            return True
+        del self._contended[instance_id]
+        return False
 
     @staticmethod
     def _fits(cached: _Cached, loaded: LoadedInstance) -> bool:
@@ -274,6 +300,7 @@ def _log_step(instance_id: str, step: StepResult, messages: int, retries: int, b
 
 CONFLICT_BACKOFF_S = 0.005  # the first wait after an ETag conflict, doubled each time
 CONFLICT_BACKOFF_CAP_S = 0.5
+CONTENDED_S = 5.0  # after a conflict, steps of the instance read first for this long
 
 
 async def _back_off(attempt: int) -> None:

@@ -114,7 +114,11 @@ class Azurite:
         *,
         host: str = "127.0.0.1",
         ports: dict[str, int] | None = None,
+        in_memory: bool = False,
     ) -> None:
+        """``in_memory``: keep the data in memory only (no save to disk every few seconds,
+        which stalls the emulator once it holds a few hundred thousand rows)."""
+        self.in_memory = in_memory
         self.host = host
         self.ports = dict(ports) if ports else {name: free_port(host) for name in DEFAULT_PORTS}
         self._own_dir = data_dir is None
@@ -140,11 +144,11 @@ class Azurite:
             "--skipApiVersionCheck",
             "--loose",
             "--disableProductStyleUrl",
-            "--location",
-            str(self.data_dir),
+            *([] if self.in_memory else ["--location", str(self.data_dir)]),
             "--blobHost", self.host, "--blobPort", str(self.ports["blob"]),
             "--queueHost", self.host, "--queuePort", str(self.ports["queue"]),
             "--tableHost", self.host, "--tablePort", str(self.ports["table"]),
+            *(["--inMemoryPersistence"] if self.in_memory else []),
         ]  # fmt: skip
         self.process = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL

@@ -18,7 +18,7 @@ import logging
 import math
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -58,6 +58,8 @@ _INLINE = frozenset({EventType.TaskCompleted, EventType.TaskFailed, EventType.Ti
 _MAX_VISIBILITY = timedelta(days=6, hours=23)  # queues allow 7 days
 _LOCAL_TIMER_HORIZON = timedelta(hours=1)  # timers due later are left to the queue alone
 _INBOX_PER_STEP = 40
+_DISPATCH_INLINE = 100  # sends a step waits for; a bigger outbox goes out in the background
+_DISPATCH_CONCURRENCY = 64  # sends of one outbox in flight at once
 _KNOWN_MAX = 4096  # instances whose last commit this process remembers (hot path)
 _BLOB_PROPS = {  # record properties that move to a blob when too big for a table property
     "Input": "input",
@@ -781,7 +783,12 @@ class AzureBackend(Backend):
                 self.lease.add(iid, len(local))  # each released once its result is handed on
                 reserve.start(local)
                 started = True
-            if outbox is not None:
+            if outbox is not None and len(outbox.activities) + len(outbox.messages) > _DISPATCH_INLINE:
+                # a big fan-out: the instance steps on (its results may already come in) while the
+                # work goes out; the outbox row and the hold keep it until then
+                self.background.spawn(self._finish(iid, outbox, props, []))
+                held = False  # released by _finish
+            elif outbox is not None:
                 await self.dispatch(iid, outbox, props)
         except Exception as exc:
             # Committed, so only this process knows what is left to send: keep at it in the background
@@ -880,8 +887,14 @@ class AzureBackend(Backend):
 
     async def dispatch(self, iid: str, outbox: r.Outbox, props: dict[str, Any] | None) -> None:
         """Send what a committed step asked for, then delete its outbox row."""
-        work: list[Any] = [self.enqueue_activity(a) for a in outbox.activities]
-        work += [self._send(m) for m in outbox.messages]
+        sends = asyncio.Semaphore(_DISPATCH_CONCURRENCY)  # leave connections for the rest
+
+        async def bounded(send: Awaitable[None]) -> None:
+            async with sends:
+                await send
+
+        work: list[Any] = [bounded(self.enqueue_activity(a)) for a in outbox.activities]
+        work += [bounded(self._send(m)) for m in outbox.messages]
         if outbox.wake_at is not None:
             work.append(self._notify(iid, {"i": iid}, [], outbox.wake_at))
         if outbox.project:
