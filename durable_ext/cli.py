@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
-import signal
 import sys
 
 
@@ -33,23 +31,21 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.command == "start":
-        from .host.server import serve
-
-        async def run() -> None:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
-            await serve(args.app_dir, stop, port=args.port, host=args.host, enforce_keys=args.enforce_keys)
-
         from .core.errors import DurableError
         from .host.azurite import AzuriteError
+        from .host.process import exit_now, run_until_signalled
+        from .host.server import serve
 
         try:
-            asyncio.run(run())
+            run_until_signalled(
+                lambda stop: serve(
+                    args.app_dir, stop, port=args.port, host=args.host, enforce_keys=args.enforce_keys
+                )
+            )
         except (DurableError, AzuriteError, OSError) as exc:  # no app, bad settings, port taken, no Azurite
             logging.getLogger("durable_ext.host").error("cannot start: %s", exc)
             return 1
+        exit_now(0)  # stopped cleanly: its in-process work was handed back
     return 0
 
 

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -26,6 +25,7 @@ from ..config import DurableTaskOptions
 from ..core.registry import Registry
 from ..handlers import DurableHandlers, EnvFaults
 from ..retrying import attempt, forever, retry
+from .process import exit_now, run_until_signalled
 from .queues import QueueTriggerOptions, QueueTriggerRunner
 
 log = logging.getLogger("durable_ext.worker")
@@ -194,14 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     app_dir = args[0] if args else "."
     logging.basicConfig(level=os.environ.get("DURABLE_EXT_LOG", "WARNING"))
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(app_dir, stop)
-
-    asyncio.run(run())
+    run_until_signalled(lambda stop: serve(app_dir, stop))
+    exit_now(0)
 
 
 __all__ = ["AzureWorker", "main", "serve"]

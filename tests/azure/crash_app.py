@@ -17,14 +17,16 @@ app = df.DurableApp()
 
 
 def _job(args: dict[str, Any], key: str) -> dict[str, Any]:
-    return {"log": args["log"], "key": key, "sleep": args.get("sleep", 0)}
+    sleep = args.get("sleep_first", 0) if key.endswith(":a") else args.get("sleep", 0)
+    return {"log": args["log"], "key": key, "sleep": sleep}
 
 
 @app.orchestration_trigger(context_name="context")
 def crash_flow(context: df.DurableOrchestrationContext):
     """Two activities in sequence, a fan-out of three, a timer, a sub-orchestration, one more activity.
 
-    Input: ``{"log": path, "tag": str, "timer_s": float, "sleep": float}``.
+    Input: ``{"log": path, "tag": str, "timer_s": float, "sleep": float, "sleep_first": float}``
+    (``sleep_first``: how long the first activity sleeps; ``sleep``: every other one).
     """
     args = context.get_input()
     tag = args["tag"]

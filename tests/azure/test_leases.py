@@ -1,9 +1,9 @@
 """Worker leases with the default settings: how soon work comes back after a SIGKILL or a graceful stop.
 
 Worker processes run ``python -m durable_ext.host.worker`` with no timing
-overrides (lease 30 s renewed every 10 s, a sweep every 10 s). Every
-activity of ``crash_flow`` sleeps 3 s, so a stop always lands while one runs
-in the process that scheduled it.
+overrides (lease 30 s renewed every 10 s, a sweep every 10 s). The first
+activity of ``crash_flow`` sleeps 3 s, and the stop lands while it runs in the
+process that scheduled it.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ async def finish(hub: Hub, iid: str, tag: str, interrupted: str) -> None:
 async def test_sigkill_with_defaults_is_recovered_within_45_s(hub: Hub) -> None:
     """A worker SIGKILLed mid-activity: its successor takes the work over once the lease runs out."""
     tag = "kill"
-    iid = await hub.client.start_new("crash_flow", client_input=hub.flow_input(tag, sleep=ACTIVITY_S))
+    iid = await hub.client.start_new("crash_flow", client_input=hub.flow_input(tag, sleep_first=ACTIVITY_S))
     first = WorkerProcess(hub.app_dir, hub.connection_string, lease=None, repair_interval=None, name="first")
     processes = [first]
     try:
@@ -84,7 +84,7 @@ async def test_sigkill_with_defaults_is_recovered_within_45_s(hub: Hub) -> None:
 async def test_graceful_stop_with_defaults_resumes_at_once(hub: Hub) -> None:
     """A worker stopped (SIGTERM) mid-activity hands it back: the next process runs it at once."""
     tag = "stop"
-    iid = await hub.client.start_new("crash_flow", client_input=hub.flow_input(tag, sleep=ACTIVITY_S))
+    iid = await hub.client.start_new("crash_flow", client_input=hub.flow_input(tag, sleep_first=ACTIVITY_S))
     first = WorkerProcess(hub.app_dir, hub.connection_string, lease=None, repair_interval=None, name="first")
     processes = [first]
     try:
