@@ -6,8 +6,10 @@ import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from procs import Hub, open_hub
 
 from durable_ext.backends.azure.backend import AzureBackend
 from durable_ext.backends.azure.connection import resolve_connection
@@ -41,3 +43,11 @@ async def backend(azurite: Azurite) -> AsyncIterator[AzureBackend]:
     yield store
     await store.delete_task_hub()
     await store.close()
+
+
+@pytest.fixture
+async def hub(azurite: Azurite, tmp_path: Path) -> AsyncIterator[Hub]:
+    """A fresh hub serving the crash-test app (``procs.Hub``), deleted after the test."""
+    made = await open_hub(tmp_path, azurite.connection_string)
+    yield made
+    await made.close()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -50,14 +49,6 @@ POINTS = ["commit.before", "commit.after", "dispatch.after", "outbox.deleted"]
 RECOVERY_BOUND = 30.0
 SWEEP_BOUND = LEASE + REPAIR_INTERVAL + 5.0  # a client's wake-up: a lease + one poll + slack
 INSTANCES = 3
-
-
-@pytest.fixture
-async def hub(azurite: Azurite, tmp_path: Path) -> AsyncIterator[Hub]:
-    """A fresh hub on the session's Azurite, deleted after the test."""
-    made = await open_hub(tmp_path, azurite.connection_string)
-    yield made
-    await made.close()
 
 
 # --------------------------------------------------------------------- checks

@@ -11,14 +11,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
 from crash_app import app, expected_keys, expected_output
-from procs import Hub, WorkerProcess, activity_runs, history_problems, leftovers, open_hub, wait_all
+from procs import Hub, WorkerProcess, activity_runs, history_problems, leftovers, wait_all
 
-from durable_ext.host.azurite import Azurite
 from durable_ext.host.worker import AzureWorker
 
 SIGKILL_BOUND_S = 45.0  # from the kill to the interrupted activity running again
@@ -26,11 +22,15 @@ STOP_BOUND_S = 2.0  # from the successor's first poll to the handed-back activit
 ACTIVITY_S = 3.0
 
 
-@pytest.fixture
-async def hub(azurite: Azurite, tmp_path: Path) -> AsyncIterator[Hub]:
-    made = await open_hub(tmp_path, azurite.connection_string)
-    yield made
-    await made.close()
+def with_defaults(hub: Hub, name: str) -> WorkerProcess:
+    """A worker process with no timing overrides."""
+    return WorkerProcess(hub.app_dir, hub.connection_string, lease=None, repair_interval=None, name=name)
+
+
+async def start_first(hub: Hub, tag: str) -> tuple[str, WorkerProcess]:
+    """Start ``crash_flow`` (first activity 3 s long) and the worker process that will run it."""
+    iid = await hub.client.start_new("crash_flow", client_input=hub.flow_input(tag, sleep_first=ACTIVITY_S))
+    return iid, with_defaults(hub, "first")
 
 
 async def runs_of(hub: Hub, key: str, count: int, timeout: float) -> float:
@@ -60,17 +60,14 @@ async def finish(hub: Hub, iid: str, tag: str, interrupted: str) -> None:
 async def test_sigkill_with_defaults_is_recovered_within_45_s(hub: Hub) -> None:
     """A worker SIGKILLed mid-activity: its successor takes the work over once the lease runs out."""
     tag = "kill"
-    iid = await hub.client.start_new("crash_flow", client_input=hub.flow_input(tag, sleep_first=ACTIVITY_S))
-    first = WorkerProcess(hub.app_dir, hub.connection_string, lease=None, repair_interval=None, name="first")
+    iid, first = await start_first(hub, tag)
     processes = [first]
     try:
         await runs_of(hub, f"{tag}:a", 1, 60)
         first.process.send_signal(signal.SIGKILL)
         assert first.wait(10) == -signal.SIGKILL
         killed = time.monotonic()
-        processes.append(
-            WorkerProcess(hub.app_dir, hub.connection_string, lease=None, repair_interval=None, name="next")
-        )
+        processes.append(with_defaults(hub, "next"))
         again = await runs_of(hub, f"{tag}:a", 2, SIGKILL_BOUND_S + 15)
         recovery = again - killed
         await finish(hub, iid, tag, f"{tag}:a")
@@ -84,17 +81,14 @@ async def test_sigkill_with_defaults_is_recovered_within_45_s(hub: Hub) -> None:
 async def test_graceful_stop_with_defaults_resumes_at_once(hub: Hub) -> None:
     """A worker stopped (SIGTERM) mid-activity hands it back: the next process runs it at once."""
     tag = "stop"
-    iid = await hub.client.start_new("crash_flow", client_input=hub.flow_input(tag, sleep_first=ACTIVITY_S))
-    first = WorkerProcess(hub.app_dir, hub.connection_string, lease=None, repair_interval=None, name="first")
+    iid, first = await start_first(hub, tag)
     processes = [first]
     try:
         await runs_of(hub, f"{tag}:a", 1, 60)
         stopped = time.monotonic()
         await asyncio.to_thread(first.stop, 30.0)
         exited = time.monotonic()
-        successor = WorkerProcess(
-            hub.app_dir, hub.connection_string, lease=None, repair_interval=None, name="next"
-        )
+        successor = with_defaults(hub, "next")
         processes.append(successor)
         ready = await serving(successor)
         again = await runs_of(hub, f"{tag}:a", 2, 30)

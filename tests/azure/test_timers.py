@@ -10,31 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from procs import Hub, history_problems, open_hub, wait_for_event
+from procs import Hub, history_problems, wait_for_event
 
 from durable_ext import OrchestrationRuntimeStatus as Status
 from durable_ext.backends.azure.backend import AzureBackend
 from durable_ext.clock import VirtualClock
 from durable_ext.core.history import EventType, parse_timestamp
 from durable_ext.handlers import QueueMessage
-from durable_ext.host.azurite import Azurite
 
 NO_SWEEP = 3600.0  # sweep interval for tests where only the timer's own message may fire it
-
-
-@pytest.fixture
-async def hub(azurite: Azurite, tmp_path: Path) -> AsyncIterator[Hub]:
-    """A fresh hub on the session's Azurite, deleted after the test."""
-    made = await open_hub(tmp_path, azurite.connection_string)
-    yield made
-    await made.close()
 
 
 def assert_fired_once(history: list[dict[str, Any]], output: dict[str, str]) -> datetime:

@@ -184,8 +184,8 @@ async def test_host_logs_and_skips_timers_with_bad_schedules(
         assert "timer function 'broken' has an invalid schedule 'bad'" in errors[1]
         assert [f.name for f in host.http_functions] == ["ping"]
         assert len(host._tasks) == 1  # only the good timer runs
-        await wait_for(lambda: "tick" in calls)
-        assert set(calls) == {"tick"} and host.invocations["tick"] >= 1
+        await wait_for(lambda: host.invocations.get("tick", 0) >= 1)  # counted once the run ended
+        assert set(calls) == {"tick"}
     finally:
         await host.stop()
 

@@ -335,37 +335,50 @@ class WorkerLease:
             self.sweep_ms = (time.monotonic() - began) * 1000
         return repairs
 
-    async def _take_over(self, lease: dict[str, Any], now: datetime) -> tuple[int, int]:
-        """Claim a dead worker's lease, recover every instance it indexed, then delete it all."""
-        owner = lease["RowKey"]
+    async def _claim(self, owner: str, etag: str) -> str | None:
+        """Claim (or keep claiming) a dead worker's lease for a short while; the new ETag, or None
+        if it was renewed or claimed by another sweeper meanwhile.
+
+        The claim is short (a third of a lease) and renewed while the takeover
+        runs, so that a sweeper dying mid-takeover delays the next one briefly."""
         claim = {
             "PartitionKey": LEASES,
             "RowKey": owner,
-            "ExpiresAt": now + self.duration,
+            "ExpiresAt": self.clock.now() + self.duration / 3,
             "ClaimedBy": self.worker_id,
         }
         try:
             meta = await self.table.update_entity(
-                claim,
-                mode=UpdateMode.MERGE,
-                etag=lease.metadata["etag"],
-                match_condition=MatchConditions.IfNotModified,
+                claim, mode=UpdateMode.MERGE, etag=etag, match_condition=MatchConditions.IfNotModified
             )
         except (ResourceNotFoundError, HttpResponseError):
-            return 0, 0  # renewed, or claimed by another sweeper
+            return None
+        return str(meta.get("etag"))
+
+    async def _take_over(self, lease: dict[str, Any], now: datetime) -> tuple[int, int]:
+        """Claim a dead worker's lease, recover every instance it indexed, then delete it all."""
+        owner = lease["RowKey"]
+        etag = await self._claim(owner, lease.metadata["etag"])
+        if etag is None:
+            return 0, 0
+        claimed = time.monotonic()
         rows = [e async for e in self.table.query_entities("PartitionKey eq @p", parameters={"p": owner})]
-        silent = (now - r.as_utc(lease.get("ExpiresAt"))).total_seconds() + self.duration.total_seconds()
         log.warning(
             "lease of worker %s (pid %s on %s) ran out %.0fs ago: taking over its work on %d instances",
             owner,
             lease.get("Pid"),
             lease.get("Host"),
-            silent - self.duration.total_seconds(),
+            (now - r.as_utc(lease.get("ExpiresAt"))).total_seconds(),
             len(rows),
         )
         repairs = 0
         read = len(rows)
         for row in rows:
+            if time.monotonic() - claimed > self.duration.total_seconds() / 6:
+                etag = await self._claim(owner, etag)
+                if etag is None:
+                    return repairs, read  # another sweeper has it now (ours ran out)
+                claimed = time.monotonic()
             iid = row["RowKey"]
             count, rows_read = await self.recover(iid, owner)
             repairs += count
@@ -374,7 +387,7 @@ class WorkerLease:
                 await self.table.delete_entity(owner, iid)
         with contextlib.suppress(ResourceNotFoundError, HttpResponseError):
             await self.table.delete_entity(
-                LEASES, owner, etag=meta.get("etag"), match_condition=MatchConditions.IfNotModified
+                LEASES, owner, etag=etag, match_condition=MatchConditions.IfNotModified
             )
         self.taken_over += 1
         return repairs, read
