@@ -8,43 +8,75 @@ the row is being deleted): no waiter may spin or return before the row is there.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from durable_ext.backends.azure import leases as leases_module
 from durable_ext.backends.azure.leases import LEASES, WorkerLease
 
 
+class Row(dict):  # type: ignore[type-arg]
+    """A stored row, with its ETag where the SDK puts it."""
+
+    metadata: dict[str, Any]
+
+
 class FakeTable:
-    """The few table calls a lease makes, each taking a little while, with a log of row writes."""
+    """The table calls a lease makes, each taking a little while, with ETags and a log of writes."""
 
     def __init__(self) -> None:
         self.rows: dict[tuple[str, str], dict[str, Any]] = {}
+        self.etags: dict[tuple[str, str], int] = {}
+        self.claims = 0
         self.writes: list[tuple[str, str]] = []
         self.refuse = 0  # transactions to refuse, as storage away would
 
     async def _pause(self) -> None:
         await asyncio.sleep(0.01)
 
+    def _store(self, entity: dict[str, Any]) -> dict[str, Any]:
+        key = entity["PartitionKey"], entity["RowKey"]
+        self.rows[key] = entity
+        self.etags[key] = self.etags.get(key, 0) + 1
+        return {"etag": str(self.etags[key])}
+
     async def create_entity(self, entity: dict[str, Any]) -> dict[str, Any]:
         await self._pause()
-        self.rows[entity["PartitionKey"], entity["RowKey"]] = entity
-        return {"etag": "1"}
+        return self._store(entity)
 
     async def upsert_entity(self, entity: dict[str, Any], mode: Any = None) -> dict[str, Any]:
         await self._pause()
-        self.rows[entity["PartitionKey"], entity["RowKey"]] = entity
         self.writes.append(("upsert", entity["RowKey"]))
-        return {"etag": "1"}
+        return self._store(entity)
 
     async def update_entity(self, entity: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         await self._pause()
-        self.rows[entity["PartitionKey"], entity["RowKey"]].update(entity)
-        return {"etag": "2"}
+        key = entity["PartitionKey"], entity["RowKey"]
+        if key not in self.rows:
+            raise ResourceNotFoundError("gone")
+        if kwargs.get("etag") not in (None, str(self.etags.get(key, 0))):
+            raise HttpResponseError("UpdateConditionNotSatisfied")
+        self.rows[key].update(entity)
+        self.etags[key] = self.etags.get(key, 0) + 1
+        self.claims += "ClaimedBy" in entity
+        return {"etag": str(self.etags[key])}
+
+    async def query_entities(self, flt: str, parameters: dict[str, Any]) -> AsyncIterator[Row]:
+        await self._pause()
+        for (part, key), entity in list(self.rows.items()):
+            if part == parameters["p"]:
+                row = Row(entity)
+                row.metadata = {"etag": str(self.etags.get((part, key), 0))}
+                yield row
 
     async def delete_entity(self, partition: str, row: str, **kwargs: Any) -> None:
         await self._pause()
+        if kwargs.get("etag") not in (None, str(self.etags.get((partition, row), 0))):
+            raise HttpResponseError("UpdateConditionNotSatisfied")
         self.rows.pop((partition, row), None)
         self.writes.append(("delete", row))
 
@@ -116,3 +148,33 @@ async def test_a_failed_index_write_fails_every_hold_waiting_on_it_and_the_next_
     assert index_rows(table, lease) == ["a"]
     lease.release("a")
     await lease.close()
+
+
+async def test_a_slow_takeover_keeps_renewing_its_short_claim() -> None:
+    """A dead worker's lease is claimed for a third of a lease and the claim renewed while its
+    instances are recovered, so a sweeper that dies mid-way holds up the next one only briefly."""
+    table = FakeTable()
+    expired = datetime.now(timezone.utc) - timedelta(seconds=1)
+    table.rows[LEASES, "wdead"] = {"PartitionKey": LEASES, "RowKey": "wdead", "ExpiresAt": expired}
+    for iid in ("a", "b", "c"):
+        table.rows["wdead", iid] = {"PartitionKey": "wdead", "RowKey": iid}
+    recovered: list[str] = []
+
+    async def slow_recover(instance_id: str, owner: str) -> tuple[int, int]:
+        assert owner == "wdead"
+        await asyncio.sleep(0.6)  # longer than half the claim: it must be renewed in between
+        recovered.append(instance_id)
+        return 1, 2
+
+    lease = WorkerLease(table, slow_recover, duration=timedelta(seconds=3))
+    other = WorkerLease(table, no_recover, duration=timedelta(seconds=3))
+    sweep = asyncio.ensure_future(lease.sweep())
+    await asyncio.sleep(0.3)  # claimed by now: another sweeper finds it taken
+    assert await other.sweep() == 0 and other.taken_over == 0
+    assert await asyncio.wait_for(sweep, 10) == 3
+    assert sorted(recovered) == ["a", "b", "c"]
+    assert table.claims >= 3, "the claim was not renewed during the takeover"
+    assert not [k for k in table.rows if "wdead" in k], table.rows
+    assert lease.sweep_entities_read == 2 + 3 + 3 * 2  # two leases, three index rows, what recover read
+    await lease.close()
+    await other.close()
