@@ -335,6 +335,8 @@ class DurableTaskOptions:
     hub_name: str = DEFAULT_HUB_NAME
     partition_count: int = 4
     control_queue_batch_size: int = 32
+    # Read for host.json compatibility with DTFx; durable_ext holds a message being handled, and
+    # work kept in-process, under a worker lease of 30 s instead (docs/storage.md, "Leases").
     control_queue_visibility_timeout: timedelta = timedelta(minutes=5)
     work_item_queue_visibility_timeout: timedelta = timedelta(minutes=5)
     max_queue_polling_interval: timedelta = timedelta(seconds=30)
