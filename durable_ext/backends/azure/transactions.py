@@ -13,6 +13,10 @@ Operations use the SDK's tuple form: ``("create" | "upsert" | "update" |
 "delete", entity[, {"mode", "etag", "match_condition"}])``. A rejected
 transaction raises ``TableTransactionError`` with the service's ``error_code``
 and status, as the SDK does.
+
+The format follows the Table service's documented batch layout (CRLF lines,
+one changeset, ``Content-Transfer-Encoding: binary`` parts); it is exercised
+against Azurite by the tests (no storage account is reachable from them).
 """
 
 from __future__ import annotations
