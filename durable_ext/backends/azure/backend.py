@@ -1009,8 +1009,14 @@ class AzureBackend(Backend):
         Returns how many repairs that made (0 unless a process died). Reads one
         row per live process when none died, however big the hub's history.
         """
+        before = self.lease.taken_over
         repairs = await self.lease.sweep()
         self.repairs += repairs
+        if self.lease.taken_over > before and self.on_enqueue is not None:
+            # the queue messages a dead worker was handling came back with the end of its lease:
+            # poll for them now instead of after this process's pollers' back-off
+            for queue in [*self.control_queues, self.workitems]:
+                self.on_enqueue(queue.queue_name)
         return repairs
 
     async def recover(self, instance_id: str, owner: str) -> tuple[int, int]:
