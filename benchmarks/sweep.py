@@ -105,7 +105,7 @@ async def dead_worker(backend: AzureBackend, held: int) -> str:
         iid = f"fill-{n:07d}"
         await backend.workers.upsert_entity({"PartitionKey": owner, "RowKey": iid})
         outbox = r.Outbox(uuid.uuid4().hex, [ActivityRequest(iid, "x", 10_000 + n, "noop", None)], [], False)
-        entity = {"PartitionKey": iid, "RowKey": r.outbox_key(outbox.step_id), "DueAt": now, "Owner": owner}
+        entity = {"PartitionKey": iid, "RowKey": r.outbox_key(outbox.step_id), "Owner": owner}
         await backend.history.create_entity({**entity, **r.pack(outbox.to_json())})
     return owner
 

@@ -16,6 +16,7 @@ backup and is deduplicated (docs/storage.md, "In-process work").
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -34,7 +35,7 @@ from .core import history as h
 from .core.registry import Registry
 from .core.runtime import ActivityRequest, Message
 from .engine import Engine
-from .retrying import Background, attempt, forever, retry
+from .retrying import Background, attempt, persist, retry
 
 log = logging.getLogger("durable_ext.worker")
 
@@ -150,12 +151,7 @@ class ActivitySlots(LocalActivities):
             except asyncio.TimeoutError:
                 self.spilled += 1
                 what = f"spilling activity '{request.name}' of {request.instance_id} to the work-item queue"
-
-                async def spill() -> None:
-                    await handlers.backend.enqueue_activity(request)
-
-                if not await attempt(what, spill, logging.WARNING):
-                    await retry(what, spill, forever(), logging.WARNING, "")
+                await persist(what, functools.partial(handlers.backend.enqueue_activity, request))
                 handlers.backend.lease.release(request.instance_id)
                 return
         finally:
@@ -166,22 +162,11 @@ class ActivitySlots(LocalActivities):
             result = await handlers.engine.run_activity(request)
         finally:
             self.finished(loop.time() - begin)
-        await self._deliver(request, result)
-        handlers.backend.lease.release(request.instance_id)
-
-    async def _deliver(self, request: ActivityRequest, result: Message) -> None:
-        """Deliver a result, retrying while storage is away: it lives only in this process's memory.
-
-        The activity stays held under this process's lease until then, so if
-        the process dies first a sweep queues it again.
-        """
+        # the result lives only in this process's memory: delivered whatever it takes, the activity
+        # held under this process's lease until then (if the process dies first, a sweep queues it)
         what = f"delivering the result of activity '{request.name}' to {request.instance_id}"
-
-        async def deliver() -> None:
-            await self.handlers.deliver(request, result)
-
-        if not await attempt(what, deliver, logging.WARNING):
-            await retry(what, deliver, forever(), logging.WARNING, "")
+        await persist(what, functools.partial(handlers.deliver, request, result))
+        handlers.backend.lease.release(request.instance_id)
 
     async def stop(self) -> None:
         """Hand every activity not yet answered to the work-item queue, and cancel it here.
@@ -189,7 +174,7 @@ class ActivitySlots(LocalActivities):
         Those still waiting for a slot never ran; those running are interrupted
         (a sync one's thread finishes on its own, its result goes nowhere). Either
         way another process (or this app's next start) runs them at once, instead
-        of after their ``o-…-l`` row falls due for the sweep.
+        of after this process's lease has been taken over.
         """
         unanswered = dict(self.running)
         for task in unanswered:

@@ -13,11 +13,6 @@ log = logging.getLogger("durable_ext.worker")
 FOREVER_S: Iterable[float] = (0.5, 1.0, 1.0, 2.0)
 
 
-def forever() -> Iterable[float]:
-    """The waits of ``FOREVER_S``, then 5 s for as long as it takes."""
-    return itertools.chain(FOREVER_S, itertools.repeat(5.0))
-
-
 async def attempt(what: str, work: Callable[[], Awaitable[None]], level: int) -> bool:
     """Run ``work``; whether it worked (a failure is logged at ``level``)."""
     try:
@@ -40,6 +35,16 @@ async def retry(
             return True
     log.error("%s: gave up after %d retries; %s", what, n, then)
     return False
+
+
+async def persist(what: str, work: Callable[[], Awaitable[None]], level: int = logging.WARNING) -> None:
+    """Run ``work`` until it works: at once, then after the waits of ``FOREVER_S`` and every 5 s.
+
+    For work only this process can do (its result lives in this process's memory,
+    or a lease holds it here): giving up would strand it.
+    """
+    if not await attempt(what, work, level):
+        await retry(what, work, itertools.chain(FOREVER_S, itertools.repeat(5.0)), level, "")
 
 
 class Background:

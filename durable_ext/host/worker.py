@@ -24,7 +24,7 @@ from ..backends.azure.leases import LEASE
 from ..config import DurableTaskOptions
 from ..core.registry import Registry
 from ..handlers import DurableHandlers, EnvFaults
-from ..retrying import attempt, forever, retry
+from ..retrying import persist
 from .process import exit_now, run_until_signalled
 from .queues import QueueTriggerOptions, QueueTriggerRunner
 
@@ -68,9 +68,7 @@ class AzureWorker:
 
     async def start(self) -> None:
         """Create the hub if needed (waiting for storage if it is away) and start polling."""
-        what = f"creating task hub {self.options.hub_name}"
-        if not await attempt(what, self.backend.create_task_hub, logging.WARNING):
-            await retry(what, self.backend.create_task_hub, forever(), logging.WARNING, "")
+        await persist(f"creating task hub {self.options.hub_name}", self.backend.create_task_hub)
         opts = self.options
         control_opts = self._queue_options(
             opts.control_queue_batch_size, opts.max_concurrent_orchestrator_functions

@@ -44,7 +44,7 @@ from ...core.errors import ConflictError, DurableError, InstanceAlreadyExistsErr
 from ...core.history import Event, EventType
 from ...core.runtime import ActivityRequest, InstanceRecord, Message, StepResult, failure_step
 from ...core.status import OrchestrationRuntimeStatus as Status
-from ...retrying import Background, forever, retry
+from ...retrying import Background, persist
 from ..base import Backend, InstanceQuery, LoadedInstance, QueryPage
 from . import rows as r
 from .connection import StorageConnection
@@ -361,13 +361,20 @@ class AzureBackend(Backend):
         delay = due - self.clock.now() if due is not None else timedelta(0)
         if delay <= timedelta(0):
             due, delay = None, timedelta(0)
-        dispatcher = self.dispatcher if in_process and delay <= _LOCAL_TIMER_HORIZON else None
-        if dispatcher is None or not dispatcher.accepts(due):
+        dispatcher = self._local(due) if in_process else None
+        if dispatcher is None:
             await self._enqueue(queue, body, delay)
             return
         backup = asyncio.ensure_future(self._enqueue(queue, body, delay + dispatcher.grace))
         dispatcher.run(instance_id, messages, due, backup)
         await backup
+
+    def _local(self, due: datetime | None) -> LocalDispatcher | None:
+        """This process's dispatcher, if it takes one more message due at ``due`` (``None``: now)."""
+        dispatcher = self.dispatcher
+        if dispatcher is None or (due is not None and due - self.clock.now() > _LOCAL_TIMER_HORIZON):
+            return None
+        return dispatcher if dispatcher.accepts(due) else None
 
     async def send_messages(self, messages: list[Message]) -> None:
         """Send messages from a client: each inbox write follows its wake-up (see ``_ahead``)."""
@@ -398,9 +405,8 @@ class AzureBackend(Backend):
         """The client's writes are done: apply them here, or let the wake-up come when due."""
         if due is not None and due <= self.clock.now():
             due = None
-        dispatcher = self.dispatcher
-        local = due is None or due - self.clock.now() <= _LOCAL_TIMER_HORIZON
-        if dispatcher is not None and local and dispatcher.accepts(due):
+        dispatcher = self._local(due)
+        if dispatcher is not None:
             backup: Backup = asyncio.get_running_loop().create_future()
             backup.set_result(ahead)
             dispatcher.run(instance_id, [], due, backup)
@@ -672,7 +678,6 @@ class AzureBackend(Backend):
         private: _Loaded = loaded.etag
         rec = step.record
         iid = rec.instance_id
-        now = self.clock.now()
         ops: list[tuple[Any, ...]] = []
 
         base = 0 if step.reset_history else loaded.history_len
@@ -706,52 +711,46 @@ class AzureBackend(Backend):
             or rec.execution_id != before.execution_id
             or rec.input != before.input  # an entity's state
         )
-        local: list[ActivityRequest] = []
-        queued: list[ActivityRequest] = []
-        reserve = self.local_activities
-        for request in step.activities:
-            (local if reserve is not None and reserve.try_reserve() else queued).append(request)
         step_id = uuid.uuid4().hex
         wake_at = step.wake_at if step.wake_at != private.sentinel.get("WakeAt") else None
-        outbox: r.Outbox | None = r.Outbox(step_id, queued, list(step.messages), project, wake_at)
-        if not (queued or step.messages or project or wake_at):
-            outbox = None
-        held = outbox is not None or bool(local)
+        held = bool(step.activities or step.messages or project or wake_at)
+        if held:  # work left in flight after the commit: indexed under this process's lease first
+            await self.lease.hold(iid)
+        local: list[ActivityRequest] = []
+        reserve = self.local_activities
         try:
-            if held:  # work left in flight after the commit: indexed under this process's lease first
-                await self.lease.hold(iid)
-        except BaseException:
-            if reserve is not None:
-                for _ in local:
-                    reserve.release()
-            raise
-        owner = self.lease.worker_id
-        if outbox is not None:
-            ops.append(("create", await self._outbox_entity(iid, r.outbox_key(step_id), outbox, now, owner)))
-        if local:
-            key = r.outbox_key(step_id) + _LOCAL
-            kept = r.Outbox(step_id, local, [], False)
-            ops.append(("create", await self._outbox_entity(iid, key, kept, now, owner)))
-            local_rows[key] = {(a.execution_id, a.task_id) for a in local}
+            queued: list[ActivityRequest] = []
+            for request in step.activities:
+                (local if reserve is not None and reserve.try_reserve() else queued).append(request)
+            outbox: r.Outbox | None = r.Outbox(step_id, queued, list(step.messages), project, wake_at)
+            if not (queued or step.messages or project or wake_at):
+                outbox = None
+            owner = self.lease.worker_id
+            if outbox is not None:
+                ops.append(("create", await self._outbox_entity(iid, r.outbox_key(step_id), outbox, owner)))
+            if local:
+                key = r.outbox_key(step_id) + _LOCAL
+                kept = r.Outbox(step_id, local, [], False)
+                ops.append(("create", await self._outbox_entity(iid, key, kept, owner)))
+                local_rows[key] = {(a.execution_id, a.task_id) for a in local}
 
-        props = await self._text_props(iid, rec, (loaded.record, private.sentinel))
-        dedupe = orjson.loads(private.sentinel.get("Dedupe") or "[]")
-        dedupe.extend(i for i in step.consumed if i in private.inbox_keys)
-        sentinel = {
-            "PartitionKey": iid,
-            "RowKey": r.SENTINEL,
-            **props,
-            "HistoryLength": history_len,
-            "Dedupe": orjson.dumps(dedupe[-r.DEDUPE_IDS :]).decode(),
-            "WakeAt": step.wake_at,  # the wake-up already asked for (a later step need not repeat it)
-        }
-        if private.etag is None:
-            ops.append(("create", sentinel))
-        else:
-            guard = {"etag": private.etag, "match_condition": MatchConditions.IfNotModified}
-            ops.append(("update", sentinel, {"mode": UpdateMode.REPLACE, **guard}))
+            props = await self._text_props(iid, rec, (loaded.record, private.sentinel))
+            dedupe = orjson.loads(private.sentinel.get("Dedupe") or "[]")
+            dedupe.extend(i for i in step.consumed if i in private.inbox_keys)
+            sentinel = {
+                "PartitionKey": iid,
+                "RowKey": r.SENTINEL,
+                **props,
+                "HistoryLength": history_len,
+                "Dedupe": orjson.dumps(dedupe[-r.DEDUPE_IDS :]).decode(),
+                "WakeAt": step.wake_at,  # the wake-up already asked for (a later step need not repeat it)
+            }
+            if private.etag is None:
+                ops.append(("create", sentinel))
+            else:
+                guard = {"etag": private.etag, "match_condition": MatchConditions.IfNotModified}
+                ops.append(("update", sentinel, {"mode": UpdateMode.REPLACE, **guard}))
 
-        try:
             if len(ops) > r.MAX_TXN_OPS:
                 raise ConflictError(f"step of '{iid}' needs {len(ops)} table operations")
             self.fault.check("commit.before")
@@ -827,15 +826,12 @@ class AzureBackend(Backend):
             if outbox is not None:
                 await self.dispatch(iid, outbox, props)
 
-        what = f"sending what a committed step of {iid} asked for"
-        await retry(what, finish, itertools.chain((0.0,), forever()), logging.WARNING, "")
+        await persist(f"sending what a committed step of {iid} asked for", finish)
         self.lease.release(iid)  # not when cancelled: then the lease's sweep takes it over
 
-    async def _outbox_entity(
-        self, iid: str, key: str, outbox: r.Outbox, due: datetime, owner: str
-    ) -> dict[str, Any]:
+    async def _outbox_entity(self, iid: str, key: str, outbox: r.Outbox, owner: str) -> dict[str, Any]:
         """The outbox row (its content in a blob when it would crowd the transaction)."""
-        entity: dict[str, Any] = {"PartitionKey": iid, "RowKey": key, "DueAt": due, "Owner": owner}
+        entity: dict[str, Any] = {"PartitionKey": iid, "RowKey": key, "Owner": owner}
         value = outbox.to_json()
         data = orjson.dumps(value)
         if len(data) > r.MAX_OUTBOX_BYTES:
