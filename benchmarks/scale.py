@@ -36,7 +36,7 @@ targets, as ``target_...: met|missed`` lines (never a failure):
 
 The last line is ``PASS``, or ``FAIL <reasons>`` (exit 1) when an output is
 wrong, an instance did not finish within ``--timeout`` or a worker process
-died. Worker logs of a failed run are kept (their folder is printed).
+died. Worker logs of a failed run, or with warnings, are kept (their folder is printed).
 
 Usage::
 
@@ -271,7 +271,7 @@ class ScaleHub(azure_bench.Bench):
     async def stop(self, keep: bool = False) -> None:
         """SIGTERM every worker (by pid; SIGKILL after a grace), read their stats and logs, drop the hub.
 
-        ``keep`` leaves the app folder with the workers' logs in place.
+        ``keep`` leaves the app folder with the workers' logs in place (as do warnings in them).
         """
         workers, self.workers = self.workers, []
         for worker in workers:
@@ -302,7 +302,9 @@ class ScaleHub(azure_bench.Bench):
             with contextlib.suppress(Exception):
                 await self.backend.close()
             self.backend = None
-        if not keep:
+        if keep or any(run.problems for run in self.runs):
+            print(f"# worker logs (failures or warnings) kept in {self.folder}")
+        else:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 

@@ -43,6 +43,8 @@ sys.path.insert(0, str(ROOT))
 with contextlib.suppress(ValueError):
     sys.path.remove(str(Path(__file__).resolve().parent))
 
+from azure.core.exceptions import ResourceExistsError  # noqa: E402
+
 from durable_ext.backends.azure import rows as r  # noqa: E402
 from durable_ext.backends.azure.backend import AzureBackend  # noqa: E402
 from durable_ext.backends.azure.connection import resolve_connection  # noqa: E402
@@ -104,6 +106,9 @@ async def dead_worker(backend: AzureBackend, held: int) -> str:
     for n in range(held):
         iid = f"fill-{n:07d}"
         await backend.workers.upsert_entity({"PartitionKey": owner, "RowKey": iid})
+        with contextlib.suppress(ResourceExistsError):  # every held instance exists, whatever the fill
+            sentinel = {"PartitionKey": iid, "RowKey": r.SENTINEL, "RuntimeStatus": "Running"}
+            await backend.history.create_entity(sentinel)
         outbox = r.Outbox(uuid.uuid4().hex, [ActivityRequest(iid, "x", 10_000 + n, "noop", None)], [], False)
         entity = {"PartitionKey": iid, "RowKey": r.outbox_key(outbox.step_id), "Owner": owner}
         await backend.history.create_entity({**entity, **r.pack(outbox.to_json())})

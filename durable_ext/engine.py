@@ -69,14 +69,13 @@ class Engine:
         self.cache_size = cache_size
         self.max_conflict_retries = max_conflict_retries
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
-        #: instances another process committed lately (monotonic time it was noticed)
-        self._contended: OrderedDict[str, float] = OrderedDict()
         self.stats = {
             "steps": 0,
             "replays": 0,
             "cache_hits": 0,
             "conflicts": 0,
             "stale_hints": 0,
+            "handed_off": 0,
             "activities": 0,
         }
 
@@ -93,14 +92,23 @@ class Engine:
         if is_entity_instance(instance_id):
             return await self._process_entity(instance_id, messages)
         begin = time.perf_counter()
+        backend = self.backend
         for attempt in range(self.max_conflict_retries):
+            if backend.claimed_elsewhere(instance_id):
+                # another process steps this contended instance: leave the messages to it
+                if await backend.hand_off(instance_id, messages or []):
+                    self.stats["handed_off"] += 1
+                    return None
+                messages, hot = None, False  # in the inbox now, and the claim is gone: step here
             cached = self._cache.get(instance_id)
             history_from = cached.history_len if cached else 0
-            hot_now = hot and attempt == 0 and cached is not None and not self._is_contended(instance_id)
-            loaded = await self.backend.load(instance_id, history_from, messages, hot=hot_now)
+            hot_now = hot and attempt == 0 and cached is not None
+            loaded = await backend.load(instance_id, history_from, messages, hot=hot_now)
             if loaded is None:
                 self._cache.pop(instance_id, None)
                 return None
+            if backend.claimed_elsewhere(instance_id):
+                continue  # the read shows another process's claim
             if not loaded.inbox:
                 return None
             if cached is not None and not self._fits(cached, loaded):
@@ -118,16 +126,14 @@ class Engine:
                 executor,
             )
             try:
-                await self.backend.commit(loaded, step)
+                await backend.commit(loaded, step)
             except StaleStateError:
                 # nothing was applied, so the cached replay state is intact: read what is newer
                 self.stats["stale_hints"] += 1
-                self._contend(instance_id)
                 continue
             except ConflictError:
                 self.stats["conflicts"] += 1
                 self._cache.pop(instance_id, None)
-                self._contend(instance_id)
                 await _back_off(attempt)
                 continue
             except BaseException:
@@ -174,29 +180,6 @@ class Engine:
                 )
             return step
         raise ConflictError(f"entity '{instance_id}' kept changing; gave up after retries")
-
-    def _contend(self, instance_id: str) -> None:
-        """Note that another process commits this instance too: read before the next steps.
-
-        On the hot path a step is judged against this process's last commit and
-        its ETag; with another writer that ETag is stale almost every time, and
-        the conflict costs a full replay (the failed step advanced the cached
-        state). Reading the newer rows first costs one query and a replay of
-        just those rows.
-        """
-        self._contended[instance_id] = time.monotonic()
-        self._contended.move_to_end(instance_id)
-        while len(self._contended) > self.cache_size:
-            self._contended.popitem(last=False)
-
-    def _is_contended(self, instance_id: str) -> bool:
-        since = self._contended.get(instance_id)
-        if since is None:
-            return False
-        if time.monotonic() - since < CONTENDED_S:
-            return True
-        del self._contended[instance_id]
-        return False
 
     @staticmethod
     def _fits(cached: _Cached, loaded: LoadedInstance) -> bool:
@@ -300,7 +283,6 @@ def _log_step(instance_id: str, step: StepResult, messages: int, retries: int, b
 
 CONFLICT_BACKOFF_S = 0.005  # the first wait after an ETag conflict, doubled each time
 CONFLICT_BACKOFF_CAP_S = 0.5
-CONTENDED_S = 5.0  # after a conflict, steps of the instance read first for this long
 
 
 async def _back_off(attempt: int) -> None:

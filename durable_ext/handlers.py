@@ -16,6 +16,7 @@ backup and is deduplicated (docs/storage.md, "In-process work").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -30,6 +31,7 @@ import orjson
 
 from .backends.azure import rows as r
 from .backends.azure.backend import AzureBackend, Backup, FaultHook, LocalActivities, LocalDispatcher
+from .backends.azure.claims import POLL_MAX_S, POLL_MIN_S, QUIET_S
 from .config import DurableTaskOptions
 from .core import history as h
 from .core.registry import Registry
@@ -62,11 +64,20 @@ class _Mailbox:
         self.waiters: list[asyncio.Future[None]] = []
         self.hot = True
         self.task: asyncio.Future[None] | None = None
+        self.arrived = asyncio.Event()
 
     def add(self, messages: list[Message], waiter: asyncio.Future[None], hot: bool) -> None:
         self.messages.extend(messages)
         self.waiters.append(waiter)
         self.hot = self.hot and hot
+        self.arrived.set()
+
+    async def wait(self, seconds: float) -> None:
+        """Until a message arrives, or ``seconds`` have passed."""
+        self.arrived.clear()
+        if not self.waiters:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), seconds)
 
     def take(self) -> tuple[list[Message], list[asyncio.Future[None]], bool]:
         taken = self.messages, self.waiters, self.hot
@@ -375,20 +386,49 @@ class DurableHandlers:
         await done
 
     async def _drain(self, instance_id: str, box: _Mailbox) -> None:
+        """Step the instance while messages come in; while this process holds its stepping
+        claim, also read the inbox that other processes hand messages to (``claims.py``)."""
+        claims = self.backend.claims
+        loop = asyncio.get_running_loop()
+        interval = POLL_MIN_S
+        stepped_at = loop.time()
         try:
-            while box.waiters:
-                messages, waiters, hot = box.take()
+            while True:
+                if box.waiters:
+                    messages, waiters, hot = box.take()
+                elif not claims.holds(instance_id):
+                    return
+                elif loop.time() - stepped_at >= QUIET_S:
+                    if not await attempt(
+                        f"giving up the stepping claim of {instance_id}",
+                        functools.partial(self.backend.give_up_claim, instance_id),
+                        logging.WARNING,
+                    ):
+                        stepped_at = loop.time()  # still held: try again after another quiet spell
+                    continue
+                else:
+                    await box.wait(interval)
+                    if box.waiters:
+                        continue
+                    messages, waiters, hot = [], [], False
                 try:
                     async with self.orchestrator_slots:
-                        await self.engine.process_instance(instance_id, messages, hot=hot)
+                        step = await self.engine.process_instance(instance_id, messages, hot=hot)
                 except Exception as exc:
+                    if not waiters:
+                        log.warning("reading the inbox of claimed %s failed: %s", instance_id, exc)
                     for waiter in waiters:
                         if not waiter.done():
                             waiter.set_exception(exc)
+                    step = None
                 else:
                     for waiter in waiters:
                         if not waiter.done():
                             waiter.set_result(None)
+                if step is not None:
+                    interval, stepped_at = POLL_MIN_S, loop.time()
+                else:
+                    interval = min(interval * 2, POLL_MAX_S)
         finally:
             self._boxes.pop(instance_id, None)
 

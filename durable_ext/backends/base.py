@@ -107,6 +107,14 @@ class Backend(ABC):
     async def commit(self, loaded: LoadedInstance, step: StepResult) -> None:
         """Write the step atomically, then dispatch it; ConflictError if the etag moved."""
 
+    def claimed_elsewhere(self, instance_id: str) -> bool:
+        """Whether another process holds the instance's stepping claim (then ``hand_off``)."""
+        return False
+
+    async def hand_off(self, instance_id: str, messages: list[Message]) -> bool:
+        """Store ``messages`` in the inbox for the claim's holder; False: step them after all."""
+        raise NotImplementedError("this backend has no stepping claims")
+
     @abstractmethod
     async def complete_activity(self, request: ActivityRequest, result: Message) -> None:
         """Deliver an activity's result to its orchestration and retire the work item."""

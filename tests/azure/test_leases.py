@@ -13,7 +13,7 @@ import signal
 import time
 
 from crash_app import app, expected_keys, expected_output
-from procs import Hub, WorkerProcess, activity_runs, history_problems, leftovers, wait_all
+from procs import LEASE, Hub, WorkerProcess, activity_runs, history_problems, leftovers, wait_all
 
 from durable_ext.host.worker import AzureWorker
 
@@ -138,3 +138,28 @@ async def test_a_sweep_reads_one_row_per_live_worker_and_repairs_nothing(hub: Hu
             await backend.close()
     rows = [e async for e in hub.backend.workers.list_entities()]
     assert rows == [], "a graceful stop with nothing held deletes the lease row"
+
+
+async def test_live_work_longer_than_a_lease_is_never_taken_away(hub: Hub) -> None:
+    """An in-process activity three leases long, beside a second worker sweeping every second:
+    the renewals keep it held, nothing is taken over, and every activity runs once (lease 2 s:
+    the renewal is the same mechanism at any duration; the defaults are timed above)."""
+    tag = "long"
+    long_s = 3 * LEASE
+    iid = await hub.client.start_new("crash_flow", client_input=hub.flow_input(tag, sleep_first=long_s))
+    processes = [WorkerProcess(hub.app_dir, hub.connection_string, name="runner")]
+    try:
+        await runs_of(hub, f"{tag}:a", 1, 60)  # the first worker runs it in-process
+        processes.append(WorkerProcess(hub.app_dir, hub.connection_string, name="sweeper"))
+        await serving(processes[1])
+        await wait_all(hub.client, [iid], long_s + 60)
+        status = await hub.client.get_status(iid)
+        assert status is not None and status.output == expected_output(tag)
+        runs = activity_runs(hub.log)
+        assert all(runs[k] == 1 for k in expected_keys(tag)), runs
+        logs = "".join(p.log_tail(1_000_000) for p in processes)
+        for needle in ("taking over its work", "was taken over", "repair:"):
+            assert needle not in logs, logs[-3000:]
+    finally:
+        for process in processes:
+            process.stop()

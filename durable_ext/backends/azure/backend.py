@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Any
 
 import orjson
@@ -47,6 +48,8 @@ from ...core.status import OrchestrationRuntimeStatus as Status
 from ...retrying import Background, persist
 from ..base import Backend, InstanceQuery, LoadedInstance, QueryPage
 from . import rows as r
+from .claims import FIELDS as CLAIM_FIELDS
+from .claims import STEPPER, Claims
 from .connection import StorageConnection
 from .leases import LEASE, WorkerLease
 from .transactions import submit_transaction
@@ -60,6 +63,8 @@ _LOCAL_TIMER_HORIZON = timedelta(hours=1)  # timers due later are left to the qu
 _INBOX_PER_STEP = 40
 _DISPATCH_INLINE = 100  # sends a step waits for; a bigger outbox goes out in the background
 _DISPATCH_CONCURRENCY = 64  # sends of one outbox in flight at once
+_HAND_OFF_TXN = 50  # inbox rows handed to a claim's holder per transaction
+_CLOSE_CLAIMS_S = 2.0  # how long a closing process tries to give its claims up
 _KNOWN_MAX = 4096  # instances whose last commit this process remembers (hot path)
 _BLOB_PROPS = {  # record properties that move to a blob when too big for a table property
     "Input": "input",
@@ -216,6 +221,7 @@ class AzureBackend(Backend):
         self.instances = tables.get_table_client(instances_table(self.hub))
         self.workers = tables.get_table_client(workers_table(self.hub))
         self.lease = WorkerLease(self.workers, self.recover, clock=self.clock, duration=lease)
+        self.claims = Claims(lambda: self.lease.worker_id, self.clock)
         self.background = Background()  # dispatches retried after a failure (held by the lease)
         self.control_queues = [
             queues.get_queue_client(control_queue(self.hub, i)) for i in range(options.partition_count)
@@ -555,6 +561,9 @@ class AzureBackend(Backend):
         anyone who wrote in between.
         """
         known = self._known.get(instance_id)
+        claims = self.claims
+        if hot and claims.read_first(instance_id):
+            hot = False  # others commit it too, or hand it their messages: read what they wrote
         if hot and known is not None and known.history_len == history_from:
             return LoadedInstance(
                 record=replace(known.record),
@@ -574,6 +583,9 @@ class AzureBackend(Backend):
             history_from = 0
         entities = [e async for e in self.history.query_entities(flt, parameters=params)]
         sentinel = next((e for e in entities if e["RowKey"] == r.SENTINEL), None)
+        if not claims.observe(instance_id, sentinel):
+            # taken by another process, or cleared by a step that finished the instance
+            self.background.spawn(self._end_claim(instance_id))
         private = _Loaded(None, {})
         inbox: list[Message] = []
         for entity in entities:
@@ -697,6 +709,7 @@ class AzureBackend(Backend):
             if private.hint:
                 # Judged against this process's last commit, not a read: another process may have
                 # committed since, and what looks like a duplicate may be news. Prove it by reading.
+                self.claims.notice(iid, conflict=False)
                 raise StaleStateError(f"instance '{iid}' must be read before its messages are judged")
             return  # only duplicates arrived (judged against a state just read): nothing to write
         for key in deletes:
@@ -714,8 +727,17 @@ class AzureBackend(Backend):
         step_id = uuid.uuid4().hex
         wake_at = step.wake_at if step.wake_at != private.sentinel.get("WakeAt") else None
         held = bool(step.activities or step.messages or project or wake_at)
-        if held:  # work left in flight after the commit: indexed under this process's lease first
+        claim = self.claims.fields(iid, private.sentinel, rec.status.is_terminal)
+        taking = claim.get(STEPPER) == self.lease.worker_id and not self.claims.holds(iid)
+        if taking:  # others will leave messages to this process: held until it has read them
             await self.lease.hold(iid)
+        if held:  # work left in flight after the commit: indexed under this process's lease first
+            try:
+                await self.lease.hold(iid)
+            except BaseException:
+                if taking:
+                    self.lease.release(iid)
+                raise
         local: list[ActivityRequest] = []
         reserve = self.local_activities
         try:
@@ -744,6 +766,7 @@ class AzureBackend(Backend):
                 "HistoryLength": history_len,
                 "Dedupe": orjson.dumps(dedupe[-r.DEDUPE_IDS :]).decode(),
                 "WakeAt": step.wake_at,  # the wake-up already asked for (a later step need not repeat it)
+                **claim,
             }
             if private.etag is None:
                 ops.append(("create", sentinel))
@@ -760,14 +783,20 @@ class AzureBackend(Backend):
                 if _conflict(exc):
                     raise ConflictError(f"instance '{iid}' changed since it was loaded") from exc
                 raise
-        except BaseException:
+        except BaseException as exc:
             self._known.pop(iid, None)
+            if isinstance(exc, ConflictError) and not is_entity_instance(iid):
+                self.claims.notice(iid, conflict=True)
             if reserve is not None:
                 for _ in local:
                     reserve.release()
             if held:
                 self.lease.release(iid)
+            if taking:
+                self.lease.release(iid)
             raise
+        if self.claims.committed(iid, claim)[1]:
+            self.background.spawn(self._end_claim(iid))
         if rec.status.is_terminal:
             self._known.pop(iid, None)
         else:
@@ -844,6 +873,87 @@ class AzureBackend(Backend):
         """Drop what this process remembers of an instance's last commit."""
         self._known.pop(instance_id, None)
 
+    # ---------------------------------------------------------------- claims
+
+    def claimed_elsewhere(self, instance_id: str) -> bool:
+        return self.claims.elsewhere(instance_id)
+
+    async def hand_off(self, instance_id: str, messages: list[Message]) -> bool:
+        """Leave ``messages`` in the inbox for the claim's holder; False if the claim is gone.
+
+        The messages are in the inbox either way. The sentinel is read after
+        they are written: a claim still standing then is given up only after
+        its holder has read them (see ``claims.py``).
+        """
+        rows = [await self._inbox_entity(m) for m in messages]
+        for start in range(0, len(rows), _HAND_OFF_TXN):
+            chunk = rows[start : start + _HAND_OFF_TXN]
+            try:
+                await submit_transaction(self.history, [("create", row) for row in chunk])
+            except (TableTransactionError, HttpResponseError):
+                for row in chunk:  # one by one: a row written before (a retry) is fine
+                    with contextlib.suppress(ResourceExistsError):
+                        await self.history.create_entity(row)
+        try:
+            sentinel = await self.history.get_entity(instance_id, r.SENTINEL)
+        except ResourceNotFoundError:
+            return False
+        self.claims.observe(instance_id, sentinel)
+        return self.claims.elsewhere(instance_id)
+
+    async def give_up_claim(self, instance_id: str) -> None:
+        """Clear this process's claim in the sentinel, then wake the instance once more.
+
+        The wake-up reads whatever was handed over before the claim was
+        cleared; the lease holds the instance until it is queued.
+        """
+        await self._void_claim(instance_id, self.lease.worker_id)
+        await self._end_claim(instance_id)
+
+    async def _void_claim(self, instance_id: str, holder: str, row: dict[str, Any] | None = None) -> None:
+        """Clear ``holder``'s claim from the sentinel (``row``, if just read), if it is there.
+
+        A takeover voids a dead worker's claims this way before it wakes their
+        instances: whoever handles the wake-up must step, not hand off to the dead.
+        """
+        cleared = self.claims.cleared(instance_id)
+        while True:
+            if row is None:
+                try:
+                    row = await self.history.get_entity(instance_id, r.SENTINEL)
+                except ResourceNotFoundError:
+                    return
+            if row.get(STEPPER) != holder:
+                return
+            entity = {"PartitionKey": instance_id, "RowKey": r.SENTINEL, **cleared}
+            etag = row.metadata["etag"]
+            try:
+                written = await self.history.update_entity(
+                    entity, mode=UpdateMode.MERGE, etag=etag, match_condition=MatchConditions.IfNotModified
+                )
+            except HttpResponseError as exc:
+                if _conflict(exc):
+                    row = None  # committed meanwhile: read again
+                    continue
+                raise
+            known = self._known.get(instance_id)
+            if known is not None and known.etag == etag:  # this process's last commit stays current
+                known.etag = written.get("etag")
+                known.sentinel.update(cleared)
+            return
+
+    def _end_claim(self, instance_id: str) -> Awaitable[None]:
+        """This process holds the instance's claim no more: what wakes it once and lets the lease go.
+
+        The wake-up reads whatever was handed over before the claim ended.
+        """
+        self.claims.drop(instance_id)
+        return self._wake_after_claim(instance_id)
+
+    async def _wake_after_claim(self, instance_id: str) -> None:
+        await persist(f"waking {instance_id} after its stepping claim", partial(self._wake, instance_id))
+        self.lease.release(instance_id)
+
     async def _history_rows(
         self, iid: str, execution_id: str, first: int, events: list[Event]
     ) -> list[tuple[Any, ...]]:
@@ -896,7 +1006,7 @@ class AzureBackend(Backend):
         if outbox.project:
             if props is None:
                 entity = await self.history.get_entity(iid, r.SENTINEL)
-                skip = ("PartitionKey", "RowKey", "HistoryLength", "Dedupe", "WakeAt")
+                skip = ("PartitionKey", "RowKey", "HistoryLength", "Dedupe", "WakeAt", *CLAIM_FIELDS)
                 props = {k: v for k, v in entity.items() if k not in skip}
             work.append(self._project(iid, props))
         await asyncio.gather(*work)
@@ -1022,9 +1132,10 @@ class AzureBackend(Backend):
         queued (those still unanswered in history); an inbox left unread gets a
         wake-up. Every repair is idempotent (task ids, timer ids, message ids).
         """
-        flt = "PartitionKey eq @pk and RowKey ge 'i-' and RowKey lt 'p'"
+        flt = "PartitionKey eq @pk and RowKey ge 'i-'"  # inbox, outboxes and the sentinel
         rows = [e async for e in self.history.query_entities(flt, parameters={"pk": instance_id})]
         mine = [e for e in rows if e["RowKey"].startswith("o-") and e.get("Owner") == owner]
+        sentinel = next((e for e in rows if e["RowKey"] == r.SENTINEL), None)
         read = len(rows)
         open_tasks: set[tuple[str | None, int]] = set()
         if any(e["RowKey"].endswith(_LOCAL) for e in mine):
@@ -1050,6 +1161,8 @@ class AzureBackend(Backend):
                 log.warning("repair: dispatching outbox %s of %s again", key, instance_id)
                 await self.dispatch(instance_id, outbox, None)
             repairs += 1
+        if sentinel is not None and sentinel.get(STEPPER) == owner:
+            await self._void_claim(instance_id, owner, sentinel)
         if any(e["RowKey"].startswith("i-") for e in rows):
             log.warning("repair: waking %s for its inbox", instance_id)
             await self._wake(instance_id)
@@ -1073,6 +1186,12 @@ class AzureBackend(Backend):
         return {(loaded.record.execution_id, t) for t in scheduled}, len(loaded.history)
 
     async def close(self) -> None:
+        if self.claims.mine:  # hand contended instances back at once (else: the lease's sweep does)
+            gave_up = asyncio.gather(*(self.give_up_claim(i) for i in list(self.claims.mine)))
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(gave_up, _CLOSE_CLAIMS_S)
+            for instance_id in list(self.claims.mine):
+                self.claims.drop(instance_id)  # not given up: still held, so the lease's sweep wakes it
         await self.background.cancel()
         await self.lease.close()
         await self.connection.close()
