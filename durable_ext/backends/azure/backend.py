@@ -72,6 +72,8 @@ _BLOB_PROPS = {  # record properties that move to a blob when too big for a tabl
     "CustomStatus": "custom_status",
     "FailureDetails": "failure",
 }
+#: sentinel properties that the Instances row does not carry
+_SENTINEL_ONLY = frozenset({"PartitionKey", "RowKey", "HistoryLength", "Dedupe", "WakeAt", *CLAIM_FIELDS})
 _LOCAL = "-l"  # outbox rows of activities this process runs itself: kept until answered
 _seq = itertools.count()
 
@@ -189,6 +191,11 @@ def _visibility_seconds(delay: timedelta | None) -> int:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _projection(sentinel: dict[str, Any]) -> dict[str, Any]:
+    """The Instances row's properties, from a sentinel row."""
+    return {k: v for k, v in sentinel.items() if k not in _SENTINEL_ONLY}
 
 
 def _conflict(exc: Exception) -> bool:
@@ -505,39 +512,48 @@ class AzureBackend(Backend):
     # ------------------------------------------------------------- instances
 
     async def create_instance(self, record: InstanceRecord, start: Message) -> None:
+        """Write the record and its start message in one transaction, between the wake-up's two calls.
+
+        The id is taken as new first (a transaction that fails whole if it is
+        not); only then is an existing instance read, which may be replaced
+        when it has finished.
+        """
         iid = record.instance_id
-        try:
-            current = await self.history.get_entity(iid, r.SENTINEL)
-        except ResourceNotFoundError:
-            current = None
-        if current is not None:
-            status = Status(current.get("RuntimeStatus") or "Pending")
-            if not status.is_terminal:
-                raise InstanceAlreadyExistsError(
-                    f"instance '{iid}' is {status.value}; wait for it to finish, terminate it "
-                    "or use another id"
-                )
         props = await self._text_props(iid, record)
         ahead = await self._ahead(iid, None)
         sentinel = {"PartitionKey": iid, "RowKey": r.SENTINEL, **props, "HistoryLength": 0}
-        if current is not None:
-            sentinel["Dedupe"] = current.get("Dedupe")
-            etag = current.metadata["etag"]
-            op: tuple[Any, ...] = (
-                "update",
-                sentinel,
-                {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": MatchConditions.IfNotModified},
+        inbox = await self._inbox_entity(start)
+        try:
+            try:  # the record and its start message together
+                await submit_transaction(self.history, [("create", sentinel), ("create", inbox)])
+            except (TableTransactionError, HttpResponseError) as exc:
+                if not _conflict(exc):
+                    raise
+                await self._recreate(iid, sentinel, inbox)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.discard(ahead)
+            raise
+        await self._project(iid, props)  # before any step can project Running over it
+        await self._after(ahead, iid, None)
+
+    async def _recreate(self, iid: str, sentinel: dict[str, Any], inbox: dict[str, Any]) -> None:
+        """Start an id that exists: only over a finished instance (whose dedupe ids are kept)."""
+        current = await self.history.get_entity(iid, r.SENTINEL)
+        status = Status(current.get("RuntimeStatus") or "Pending")
+        if not status.is_terminal:
+            raise InstanceAlreadyExistsError(
+                f"instance '{iid}' is {status.value}; wait for it to finish, terminate it or use another id"
             )
-        else:
-            op = ("create", sentinel)
-        try:  # the record and its start message together
-            await submit_transaction(self.history, [op, ("create", await self._inbox_entity(start))])
+        sentinel["Dedupe"] = current.get("Dedupe")
+        guard = {"mode": UpdateMode.REPLACE, "etag": current.metadata["etag"]}
+        op = ("update", sentinel, {**guard, "match_condition": MatchConditions.IfNotModified})
+        try:
+            await submit_transaction(self.history, [op, ("create", inbox)])
         except (TableTransactionError, HttpResponseError) as exc:
             if _conflict(exc):
                 raise InstanceAlreadyExistsError(f"instance '{iid}' was created concurrently") from exc
             raise
-        await self._project(iid, props)
-        await self._after(ahead, iid, None)
 
     async def _project(self, instance_id: str, props: dict[str, Any]) -> None:
         """Upsert the Instances row that management queries read."""
@@ -744,11 +760,14 @@ class AzureBackend(Backend):
             queued: list[ActivityRequest] = []
             for request in step.activities:
                 (local if reserve is not None and reserve.try_reserve() else queued).append(request)
+            # A projection alone needs no outbox row: the lease holds the instance until it is
+            # written, and a takeover projects every instance it recovers from its sentinel.
+            stored = bool(queued or step.messages or wake_at)
             outbox: r.Outbox | None = r.Outbox(step_id, queued, list(step.messages), project, wake_at)
-            if not (queued or step.messages or project or wake_at):
+            if not (stored or project):
                 outbox = None
             owner = self.lease.worker_id
-            if outbox is not None:
+            if outbox is not None and stored:
                 ops.append(("create", await self._outbox_entity(iid, r.outbox_key(step_id), outbox, owner)))
             if local:
                 key = r.outbox_key(step_id) + _LOCAL
@@ -814,10 +833,10 @@ class AzureBackend(Backend):
             if outbox is not None and len(outbox.activities) + len(outbox.messages) > _DISPATCH_INLINE:
                 # a big fan-out: the instance steps on (its results may already come in) while the
                 # work goes out; the outbox row and the hold keep it until then
-                self.background.spawn(self._finish(iid, outbox, props, []))
+                self.background.spawn(self._finish(iid, outbox, props, [], stored))
                 held = False  # released by _finish
             elif outbox is not None:
-                await self.dispatch(iid, outbox, props)
+                await self.dispatch(iid, outbox, props, stored)
         except Exception as exc:
             # Committed, so only this process knows what is left to send: keep at it in the background
             # (still held by the lease, so a sweep takes over if this process dies meanwhile).
@@ -831,7 +850,7 @@ class AzureBackend(Backend):
                 for _ in local:
                     reserve.release()
             if held:
-                self.background.spawn(self._finish(iid, outbox, props, [] if started else local))
+                self.background.spawn(self._finish(iid, outbox, props, [] if started else local, stored))
             return
         if held:
             self.lease.release(iid)
@@ -844,6 +863,7 @@ class AzureBackend(Backend):
         outbox: r.Outbox | None,
         props: dict[str, Any] | None,
         unstarted: list[ActivityRequest],
+        stored: bool,
     ) -> None:
         """Send what a committed step still owes (queue the activities it could not start here)."""
         left = list(unstarted)
@@ -853,7 +873,7 @@ class AzureBackend(Backend):
                 await self.enqueue_activity(left[0])
                 left.pop(0)
             if outbox is not None:
-                await self.dispatch(iid, outbox, props)
+                await self.dispatch(iid, outbox, props, stored)
 
         await persist(f"sending what a committed step of {iid} asked for", finish)
         self.lease.release(iid)  # not when cancelled: then the lease's sweep takes it over
@@ -991,8 +1011,10 @@ class AzureBackend(Backend):
             start = end
         return ops
 
-    async def dispatch(self, iid: str, outbox: r.Outbox, props: dict[str, Any] | None) -> None:
-        """Send what a committed step asked for, then delete its outbox row."""
+    async def dispatch(
+        self, iid: str, outbox: r.Outbox, props: dict[str, Any] | None, stored: bool = True
+    ) -> None:
+        """Send what a committed step asked for, then delete its outbox row (if ``stored``)."""
         sends = asyncio.Semaphore(_DISPATCH_CONCURRENCY)  # leave connections for the rest
 
         async def bounded(send: Awaitable[None]) -> None:
@@ -1005,14 +1027,13 @@ class AzureBackend(Backend):
             work.append(self._notify(iid, {"i": iid}, [], outbox.wake_at))
         if outbox.project:
             if props is None:
-                entity = await self.history.get_entity(iid, r.SENTINEL)
-                skip = ("PartitionKey", "RowKey", "HistoryLength", "Dedupe", "WakeAt", *CLAIM_FIELDS)
-                props = {k: v for k, v in entity.items() if k not in skip}
+                props = _projection(await self.history.get_entity(iid, r.SENTINEL))
             work.append(self._project(iid, props))
         await asyncio.gather(*work)
         self.fault.check("dispatch.after")
-        with contextlib.suppress(ResourceNotFoundError):
-            await self.history.delete_entity(iid, r.outbox_key(outbox.step_id))
+        if stored:
+            with contextlib.suppress(ResourceNotFoundError):
+                await self.history.delete_entity(iid, r.outbox_key(outbox.step_id))
         self.fault.check("outbox.deleted")
 
     async def force_fail(self, instance_id: str, reason: str) -> bool:
@@ -1161,8 +1182,11 @@ class AzureBackend(Backend):
                 log.warning("repair: dispatching outbox %s of %s again", key, instance_id)
                 await self.dispatch(instance_id, outbox, None)
             repairs += 1
-        if sentinel is not None and sentinel.get(STEPPER) == owner:
-            await self._void_claim(instance_id, owner, sentinel)
+        if sentinel is not None:
+            # a projection the dead worker owed is in no row: write the sentinel's state again
+            await self._project(instance_id, _projection(sentinel))
+            if sentinel.get(STEPPER) == owner:
+                await self._void_claim(instance_id, owner, sentinel)
         if any(e["RowKey"].startswith("i-") for e in rows):
             log.warning("repair: waking %s for its inbox", instance_id)
             await self._wake(instance_id)
