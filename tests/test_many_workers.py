@@ -3,9 +3,11 @@
 200 mixed instances each time, started over HTTP, with Azure's queue polling
 and default durable settings: every output right, entities exact, no
 duplicated completion, nothing left on the queues, no failed invocation, and
-the repair sweep rescued nothing: with its function disabled (2 and 4
-processes) only the normal path can finish the work; with it on (4), it runs
-once more after the load and must find nothing to do.
+the repair sweep rescued nothing: with its function disabled (2 processes)
+only the normal path can finish the work; with it on (4), it runs during and
+once more after the load and must log no repair, so there too the normal
+path alone finished everything (a 4-process run with the sweep off adds no
+check this one lacks, and 25 s to the suite).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ SCRIPT = ROOT / "benchmarks" / "many_workers.py"
 
 
 @needs_functions_host
-@pytest.mark.parametrize(("workers", "sweep"), [(2, "off"), (4, "off"), (4, "on")])
+@pytest.mark.parametrize(("workers", "sweep"), [(2, "off"), (4, "on")])
 def test_mixed_load_on_many_worker_processes(workers: int, sweep: str) -> None:
     args = ["--workers", str(workers), "--instances", "200", "--sweep", sweep]
     found, report = run_passing(SCRIPT, *args, timeout=1200)  # the first run installs the host's venv
