@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from function_app import app
@@ -103,3 +103,19 @@ async def test_messages_to_an_unknown_instance_are_dropped(
         await asyncio.sleep(0.1)
     assert rows == []
     assert await backend.get_instance(iid) is None
+
+
+async def test_a_repair_never_projects_an_older_state_over_a_newer_one(backend: AzureBackend) -> None:
+    """A takeover projects from a sentinel it read earlier; a live process may have projected a
+    later state since (seen once in the crash tests: a completed instance shown Running)."""
+    def props(status: str, minute: int) -> dict[str, object]:
+        stamp = datetime(2026, 12, 1, 12, minute, tzinfo=timezone.utc)
+        return {"Name": "x", "RuntimeStatus": status, "CreatedTime": stamp, "LastUpdatedTime": stamp}
+
+    await backend._reproject("proj-1", props("Running", 1))  # no row yet: written
+    assert (await backend.instances.get_entity("proj-1", ""))["RuntimeStatus"] == "Running"
+    await backend._project("proj-1", props("Completed", 3))  # a live step projects a later state
+    await backend._reproject("proj-1", props("Running", 2))  # the repair's older read: kept out
+    assert (await backend.instances.get_entity("proj-1", ""))["RuntimeStatus"] == "Completed"
+    await backend._reproject("proj-1", props("Failed", 4))  # a newer state: written
+    assert (await backend.instances.get_entity("proj-1", ""))["RuntimeStatus"] == "Failed"

@@ -560,6 +560,34 @@ class AzureBackend(Backend):
         entity = {"PartitionKey": instance_id, "RowKey": "", **props}
         await self.instances.upsert_entity(entity, mode=UpdateMode.REPLACE)
 
+    async def _reproject(self, instance_id: str, props: dict[str, Any]) -> None:
+        """Write a projection a repair owes, unless the Instances row shows that state or a later one.
+
+        A live process may have stepped the instance and projected it since the
+        sentinel was read: an unconditional upsert would put the older state back.
+        """
+        mine = r.as_utc(props.get("LastUpdatedTime"))
+        while True:
+            try:
+                row = await self.instances.get_entity(instance_id, "")
+            except ResourceNotFoundError:
+                try:
+                    await self.instances.create_entity({"PartitionKey": instance_id, "RowKey": "", **props})
+                except ResourceExistsError:
+                    continue
+                return
+            if r.as_utc(row.get("LastUpdatedTime")) >= mine:
+                return
+            entity = {"PartitionKey": instance_id, "RowKey": "", **props}
+            guard = {"etag": row.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
+            try:
+                await self.instances.update_entity(entity, mode=UpdateMode.REPLACE, **guard)
+            except HttpResponseError as exc:
+                if _conflict(exc):
+                    continue
+                raise
+            return
+
     # ------------------------------------------------------------------ load
 
     async def load(
@@ -1026,9 +1054,10 @@ class AzureBackend(Backend):
         if outbox.wake_at is not None:
             work.append(self._notify(iid, {"i": iid}, [], outbox.wake_at))
         if outbox.project:
-            if props is None:
-                props = _projection(await self.history.get_entity(iid, r.SENTINEL))
-            work.append(self._project(iid, props))
+            if props is None:  # a repair: the state may have moved on since the step
+                work.append(self._reproject(iid, _projection(await self.history.get_entity(iid, r.SENTINEL))))
+            else:
+                work.append(self._project(iid, props))
         await asyncio.gather(*work)
         self.fault.check("dispatch.after")
         if stored:
@@ -1184,7 +1213,7 @@ class AzureBackend(Backend):
             repairs += 1
         if sentinel is not None:
             # a projection the dead worker owed is in no row: write the sentinel's state again
-            await self._project(instance_id, _projection(sentinel))
+            await self._reproject(instance_id, _projection(sentinel))
             if sentinel.get(STEPPER) == owner:
                 await self._void_claim(instance_id, owner, sentinel)
         if any(e["RowKey"].startswith("i-") for e in rows):
